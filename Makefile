@@ -1,0 +1,28 @@
+# The two commands of the README, and the install both run first.
+#   make demo   train the demo model from this Python's own docs, serve it, ask it a question
+#   make test   the test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first and pinned: a range that a newer torch satisfies would pull the CUDA build.
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@bash cluster/system-packages.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: install
+	$(BIN)/solo demo
+
+test: install
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,45 @@
+"""Run the whole pipeline: raw text in, a served-ready model out.
+
+prepare_data → tokenizer → tokenize → pretrain → finetune → evaluate → export, each stage
+skipped when its manifest matches and resumed when it was interrupted.
+
+CPU (this machine, the embedded corpus, a few minutes):
+    python -m jobs.pipeline --config configs/pipelines/demo.yaml
+    ray job submit --working-dir . -- python -m jobs.pipeline --config configs/pipelines/demo.yaml
+GPU (one card; set `pretrain.model`, batch and steps for it):
+    python -m jobs.pipeline --config configs/pipelines/demo.yaml --set pretrain.device=cuda --set pretrain.workers=1
+Your own text:
+    python -m jobs.pipeline --input ~/notes --input corpus.jsonl --set run=notes
+"""
+
+from __future__ import annotations
+
+import sys
+
+from solo.config import InputSpec, PipelineConfig, default_config_path, load_config
+from solo.entry import job_parser, main_guard
+from solo.pipeline import STAGES, exported_model_dir, run_pipeline
+from solo.runtime import init_ray
+from solo.store import RunStore
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser(__doc__, inputs=True)
+    parser.add_argument("--until", choices=[s.name for s in STAGES], help="stop after this stage")
+    args = parser.parse_args(argv)
+    config = load_config(PipelineConfig, args.config or default_config_path("pipelines", "demo"), args.overrides)
+    if args.inputs:
+        specs = [InputSpec(path=p, domain="user") for p in args.inputs]
+        config = config.model_copy(update={"data": config.data.model_copy(update={"inputs": specs})})
+    run = RunStore(args.output) if args.output else RunStore.named(config.run)
+    init_ray()
+    run_pipeline(config, run, until=args.until)
+    if args.until in (None, "export"):
+        model = exported_model_dir(run, config.run)
+        print(f"\nmodel ready: {model}\nserve it:    solo serve --model {model}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

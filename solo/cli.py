@@ -1,0 +1,325 @@
+"""The `solo` command: a local Ray cluster, jobs on it, and serving.
+
+    solo up [--num-cpus N] [--num-gpus N]     start a Ray head here (dashboard on 127.0.0.1, token auth on)
+    solo down                                 stop it
+    solo submit JOB [--config FILE] [--set key=value ...] [--wait]
+                                              run python -m jobs.JOB on the cluster; prints the submission id
+    solo status                               the cluster's resources and its jobs
+    solo logs ID [--follow]                   a job's output
+    solo serve --model PATH_OR_RUN [--port N] an OpenAI-compatible endpoint, in the foreground
+    solo demo                                 the whole promise: train the demo model, serve it, ask it something
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from solo.config import REPO_ROOT, ServeConfig, load_config
+from solo.entry import main_guard
+from solo.errors import SoloError
+from solo.runtime import cluster_file, worker_env
+from solo.store import RunStore, solo_home
+
+DASHBOARD_PORT = 8265
+JOBS = ("pipeline", "prepare_data", "train_tokenizer", "tokenize", "pretrain", "finetune", "evaluate")
+
+
+def _ray_env() -> dict[str, str]:
+    """The environment of `ray` commands and of every process the cluster starts."""
+    env = dict(os.environ)
+    env.update(worker_env())
+    env["RAY_AUTH_MODE"] = "token"
+    # Jobs run `python`: make it this environment's, whatever PATH the caller had.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def _cluster() -> dict:
+    if not cluster_file().is_file():
+        raise SoloError("no Ray cluster is up: start one with `solo up`")
+    return json.loads(cluster_file().read_text())
+
+
+def _job_client():
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray.job_submission import JobSubmissionClient
+
+    cluster = _cluster()
+    try:
+        return JobSubmissionClient(cluster["dashboard"])
+    except (ConnectionError, RuntimeError) as error:
+        raise SoloError(f"the Ray cluster at {cluster['dashboard']} does not answer ({str(error).splitlines()[0]}): "
+                        f"run `solo down` then `solo up`") from None
+
+
+# ---------------------------------------------------------------- cluster
+
+
+def up(num_cpus: int | None, num_gpus: int | None, port: int, dashboard_port: int) -> dict:
+    if cluster_file().is_file():
+        cluster = json.loads(cluster_file().read_text())
+        print(f"a Ray cluster is already up: {cluster['address']} (dashboard {cluster['dashboard']})")
+        return cluster
+    command = [_ray_cli(), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        command.append(f"--num-gpus={num_gpus}")
+    started = subprocess.run(command, env=_ray_env(), capture_output=True, text=True)
+    if started.returncode != 0:
+        detail = (started.stderr or started.stdout).strip().splitlines()
+        raise SoloError(f"`ray start` failed: {detail[-1] if detail else started.returncode}")
+    import ray._private.services as services
+
+    cluster = {"address": f"{services.get_node_ip_address()}:{port}",
+               "dashboard": f"http://127.0.0.1:{dashboard_port}", "started_at": time.time()}
+    cluster_file().parent.mkdir(parents=True, exist_ok=True)
+    cluster_file().write_text(json.dumps(cluster, indent=2) + "\n")
+    print(f"Ray head up: {cluster['address']}; dashboard {cluster['dashboard']} (token auth on; "
+          f"token in ~/.ray/auth_token)\nsubmit:  solo submit pipeline --config configs/pipelines/demo.yaml\n"
+          f"join:    cluster/join.sh {cluster['address']}   (on another machine)\nstop:    solo down")
+    return cluster
+
+
+def down() -> None:
+    if not cluster_file().is_file():
+        print("no Ray cluster recorded by `solo up`; nothing to stop")
+        return
+    subprocess.run([_ray_cli(), "stop"], env=_ray_env(), capture_output=True, text=True)
+    cluster_file().unlink(missing_ok=True)
+    print("Ray cluster stopped")
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def submit(job: str, config: Path | None, overrides: list[str], wait: bool) -> str:
+    if config is not None and not config.is_file():
+        raise SoloError(f"{config}: no such config file")
+    if config is not None:
+        config = config.resolve()
+        try:
+            config = config.relative_to(REPO_ROOT)  # the working dir travels: refer to it from inside
+        except ValueError:
+            pass
+    entrypoint = ["python", "-m", f"jobs.{job}"]
+    if config is not None:
+        entrypoint += ["--config", str(config)]
+    for override in overrides:
+        entrypoint += ["--set", override]
+    client = _job_client()
+    submission_id = client.submit_job(
+        entrypoint=shlex.join(entrypoint),
+        runtime_env={"working_dir": str(REPO_ROOT), "env_vars": worker_env(),
+                     "excludes": [".venv", ".git", "benchmarks/results", "*.egg-info"]},
+    )
+    print(submission_id, flush=True)
+    if wait:
+        status = follow(submission_id)
+        if status != "SUCCEEDED":
+            raise SoloError(f"job {submission_id} ended {status}: see `solo logs {submission_id}`")
+    return submission_id
+
+
+def follow(submission_id: str) -> str:
+    """Stream a job's output until it ends; returns its final status."""
+    import asyncio
+
+    client = _job_client()
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(submission_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(tail())
+    return str(client.get_job_status(submission_id).value)
+
+
+def status() -> None:
+    cluster = _cluster()
+    client = _job_client()
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    ray.init(address=cluster["address"], logging_level="ERROR", log_to_driver=False)
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+    finally:
+        ray.shutdown()
+    print(f"cluster {cluster['address']}  dashboard {cluster['dashboard']}  nodes {len(nodes)}")
+    for resource in ("CPU", "GPU", "memory"):
+        if resource in total:
+            scale = 1024**3 if resource == "memory" else 1
+            unit = " GiB" if resource == "memory" else ""
+            print(f"  {resource:<7} {free.get(resource, 0) / scale:8.1f} free of {total[resource] / scale:.1f}{unit}")
+    jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
+    if not jobs:
+        print("no jobs yet")
+        return
+    print(f"\n{'submission id':<28} {'status':<10} {'started':<20} entrypoint")
+    for job in jobs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000))
+        print(f"{job.submission_id or job.job_id:<28} {job.status.value:<10} {started:<20} {job.entrypoint}")
+
+
+def logs(submission_id: str, follow_logs: bool) -> None:
+    client = _job_client()
+    try:
+        if follow_logs:
+            follow(submission_id)
+        else:
+            print(client.get_job_logs(submission_id), end="")
+    except RuntimeError as error:
+        raise SoloError(f"no job {submission_id} on this cluster ({str(error).splitlines()[0]})") from None
+
+
+# ---------------------------------------------------------------- serving
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A model folder, or the name of a run whose exported model to serve."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    exported = RunStore.named(name_or_path).stage_dir("export") / name_or_path
+    if exported.is_dir():
+        return str(exported)
+    raise SoloError(f"no model at {name_or_path}, and no run named {name_or_path!r} with an exported model in "
+                    f"{solo_home() / 'runs'}: run the pipeline first, or pass a Hugging Face model folder")
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    overrides = list(args.overrides)
+    for field in ("model", "name", "host", "port"):
+        value = getattr(args, field)
+        if value is not None:
+            overrides.append(f"{field}={resolve_model(value) if field == 'model' else value}")
+    config = load_config(ServeConfig, args.config, overrides)
+    if config.model is None:
+        raise SoloError("which model? pass --model PATH (an exported folder) or the name of a run")
+    return config
+
+
+def serve(args: argparse.Namespace) -> None:
+    from solo.serving.run import serve_forever
+
+    serve_forever(serve_config(args))
+
+
+def demo(port: int) -> None:
+    """`make demo`: a cluster, the demo pipeline as a Ray job, then the model served and asked."""
+    started_cluster = not cluster_file().is_file()
+    if started_cluster:
+        up(num_cpus=None, num_gpus=None, port=6379, dashboard_port=DASHBOARD_PORT)
+    try:
+        config_path = REPO_ROOT / "configs" / "pipelines" / "demo.yaml"
+        print("\n== training: the demo pipeline as a Ray job ==", flush=True)
+        submit("pipeline", config_path, [], wait=True)
+        from solo.config import PipelineConfig
+        from solo.pipeline import exported_model_dir
+
+        run_name = load_config(PipelineConfig, config_path).run
+        model = exported_model_dir(RunStore.named(run_name), run_name)
+        print(f"\n== serving {model} ==", flush=True)
+        ask(ServeConfig(model=str(model), port=port))
+    finally:
+        if started_cluster:
+            down()
+
+
+def ask(config: ServeConfig) -> None:
+    from openai import OpenAI
+
+    from solo.serving.run import serving
+
+    question = "What does the function json.dumps do?"
+    with serving(config) as base_url:
+        client = OpenAI(base_url=base_url, api_key=os.environ.get("SOLO_API_KEY", "none"))
+        model = client.models.list().data[0].id
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                               max_tokens=60, temperature=0)
+        answer = reply.choices[0].message.content
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}]})
+    print(f"\nQ: {question}\nA: {answer}\n\n"
+          f"It was served at {base_url} (stopped now). Serve it again and call it:\n"
+          f"  solo serve --model {config.model}\n"
+          f"  curl {base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'\n", flush=True)
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="solo", description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("up", help="start a local Ray head (dashboard on 127.0.0.1, token auth on)")
+    p.add_argument("--num-cpus", type=int)
+    p.add_argument("--num-gpus", type=int)
+    p.add_argument("--port", type=int, default=6379, help="the head's GCS port, which other machines join")
+    p.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT)
+
+    commands.add_parser("down", help="stop the cluster `solo up` started")
+
+    p = commands.add_parser("submit", help="run a job on the cluster; prints its submission id")
+    p.add_argument("job", choices=JOBS)
+    p.add_argument("--config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--wait", action="store_true", help="stream its output and wait for the end")
+
+    commands.add_parser("status", help="the cluster's resources and jobs")
+
+    p = commands.add_parser("logs", help="a job's output")
+    p.add_argument("submission_id")
+    p.add_argument("--follow", "-f", action="store_true")
+
+    p = commands.add_parser("serve", help="serve a model behind an OpenAI-compatible API, in the foreground")
+    p.add_argument("--model", help="an exported Hugging Face folder, or a run name")
+    p.add_argument("--name", help="the model's API name (default: its folder name)")
+    p.add_argument("--config", type=Path, help="a serve config (configs/serve/)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = commands.add_parser("demo", help="train the demo model as a Ray job, serve it, ask it a question")
+    p.add_argument("--port", type=int, default=8000)
+    return root
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "up":
+        up(args.num_cpus, args.num_gpus, args.port, args.dashboard_port)
+    elif args.command == "down":
+        down()
+    elif args.command == "submit":
+        submit(args.job, args.config, args.overrides, args.wait)
+    elif args.command == "status":
+        status()
+    elif args.command == "logs":
+        logs(args.submission_id, args.follow)
+    elif args.command == "serve":
+        serve(args)
+    elif args.command == "demo":
+        demo(args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

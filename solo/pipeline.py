@@ -1,0 +1,220 @@
+"""The pipeline: stages in order, each skipped when its manifest matches, resumed when interrupted.
+
+    prepare_data → tokenizer → tokenize → pretrain → finetune → evaluate → export
+    data/          tokenizer/  tokens/    pretrain/  sft/       eval/       export/<run>/
+
+A stage's manifest records its config hash and, for each input, the key of the stage that
+made it; a changed config therefore reruns that stage and, through the keys, every stage after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from solo.config import PipelineConfig, Schema
+from solo.errors import SoloError
+from solo.store import Manifest, RunStore, read_manifest, staged_output
+
+
+@dataclass
+class StageContext:
+    config: PipelineConfig
+    run: RunStore
+    output: Path                      # the stage's `.partial` folder: write here
+    inputs: dict[str, Path] = field(default_factory=dict)  # upstream stage name → its folder
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    folder: str
+    section: str | None                # which part of PipelineConfig configures it
+    upstream: tuple[str, ...]
+    run: Callable[[StageContext], dict]
+
+
+def _data_texts(data_dir: Path):
+    import pyarrow.dataset as pads
+
+    for batch in pads.dataset(str(data_dir / "data"), format="parquet").to_batches(columns=["id", "text"]):
+        yield from zip(batch.column("id").to_pylist(), batch.column("text").to_pylist())
+
+
+def run_prepare_data(ctx: StageContext) -> dict:
+    from solo import data
+
+    return data.prepare(ctx.config.data, ctx.output, progress=ctx.log)
+
+
+def run_tokenizer(ctx: StageContext) -> dict:
+    from solo import tokenizer as tok
+
+    cfg = ctx.config.tokenizer
+    started = time.time()
+    texts = tok.sample_texts((text for _, text in _data_texts(ctx.inputs["prepare_data"])), cfg.sample_bytes)
+    trained = tok.train_bpe(texts, cfg.vocab_size, cfg.min_frequency)
+    trained.save_pretrained(str(ctx.output))
+    ctx.log(f"tokenizer: {len(trained):,} tokens trained in {time.time() - started:.1f} s")
+    return {"vocab_size": len(trained), "seconds": round(time.time() - started, 2)}
+
+
+def run_tokenize(ctx: StageContext) -> dict:
+    from solo import tokenizer as tok
+    from solo.tokens import tokenize
+
+    cfg = ctx.config.tokenize
+    return tokenize(ctx.inputs["prepare_data"] / "data", tok.load(ctx.inputs["tokenizer"]), ctx.output,
+                    cfg.seq_len, cfg.val_fraction, cfg.rows_per_shard, progress=ctx.log)
+
+
+def _val_bytes_per_token(tokens_dir: Path) -> float | None:
+    manifest = read_manifest(tokens_dir)
+    return manifest.metrics.get("bytes_per_token") if manifest else None
+
+
+def run_pretrain(ctx: StageContext) -> dict:
+    from solo.train import TrainJob, run_training
+
+    tokens = ctx.inputs["tokenize"]
+    job = TrainJob(config=ctx.config.pretrain, train_dir=str(tokens / "train"), val_dir=str(tokens / "val"),
+                   tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output),
+                   val_bytes_per_token=_val_bytes_per_token(tokens))
+    return run_training(job)
+
+
+def run_finetune(ctx: StageContext) -> dict:
+    from solo import tokenizer as tok
+    from solo.sft import build_sft_rows
+    from solo.train import TrainJob, run_training
+
+    cfg = ctx.config.finetune
+    rows = build_sft_rows(tok.load(ctx.inputs["tokenizer"]), cfg.data, cfg.max_examples, cfg.seq_len,
+                          ctx.output / "rows")
+    ctx.log(f"finetune: {rows['train_rows']:,} conversations to learn from, {rows['val_rows']:,} held out, "
+            f"{rows['skipped']:,} skipped")
+    job = TrainJob(config=cfg, train_dir=str(ctx.output / "rows" / "train"), val_dir=str(ctx.output / "rows" / "val"),
+                   tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output),
+                   init_model_dir=str(ctx.inputs["pretrain"] / "model"))
+    return {**run_training(job), **rows}
+
+
+def run_evaluate(ctx: StageContext) -> dict:
+    from solo import evaluate
+    from solo.tokens import is_validation
+
+    cfg = ctx.config.evaluate
+    held_out = [text for id_, text in _data_texts(ctx.inputs["prepare_data"])
+                if is_validation(id_, ctx.config.tokenize.val_fraction)][:cfg.max_documents]
+    if not held_out:
+        raise SoloError("no held-out documents to evaluate on: raise tokenize.val_fraction or add data")
+    metrics: dict = {"held_out_documents": len(held_out)}
+    report = ["# Evaluation", "", f"Bits per byte on {len(held_out)} held-out documents.", "",
+              "| model | bits per byte | perplexity |", "| --- | ---: | ---: |"]
+    for stage in ("pretrain", "finetune"):
+        model, tokenizer = evaluate.load_model(ctx.inputs[stage] / "model")
+        scores = evaluate.bits_per_byte(model, tokenizer, held_out, seq_len=ctx.config.tokenize.seq_len)
+        metrics[f"{stage}_bits_per_byte"] = round(scores["bits_per_byte"], 4)
+        metrics[f"{stage}_perplexity"] = round(scores["perplexity"], 2)
+        report.append(f"| {stage} | {scores['bits_per_byte']:.4f} | {scores['perplexity']:.2f} |")
+    report += ["", "## Sample answers (fine-tuned model, greedy)", ""]
+    samples = []
+    for prompt in cfg.prompts:
+        reply = evaluate.answer(model, tokenizer, prompt, cfg.max_new_tokens)
+        samples.append({"prompt": prompt, "answer": reply})
+        report += [f"**{prompt}**", "", f"> {reply}", ""]
+    (ctx.output / "metrics.json").write_text(json.dumps({**metrics, "samples": samples}, indent=2) + "\n")
+    (ctx.output / "report.md").write_text("\n".join(report) + "\n")
+    ctx.log(f"evaluate: bits per byte {metrics['pretrain_bits_per_byte']} pretrained, "
+            f"{metrics['finetune_bits_per_byte']} fine-tuned")
+    return metrics
+
+
+def run_export(ctx: StageContext) -> dict:
+    """A Hugging Face folder (`LlamaForCausalLM` + tokenizer + chat template), proven to load."""
+    from solo import evaluate
+
+    target = ctx.output / ctx.config.run
+    shutil.copytree(ctx.inputs["finetune"] / "model", target)
+    model, tokenizer = evaluate.load_model(target)
+    reply = evaluate.answer(model, tokenizer, ctx.config.evaluate.prompts[0], 16)
+    size = sum(f.stat().st_size for f in target.iterdir())
+    ctx.log(f"export: {target.name} ({size / 1e6:.1f} MB) loads with transformers; it says {reply!r}")
+    return {"model": ctx.config.run, "bytes": size, "parameters": model.num_parameters()}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare_data", "data", "data", (), run_prepare_data),
+    Stage("tokenizer", "tokenizer", "tokenizer", ("prepare_data",), run_tokenizer),
+    Stage("tokenize", "tokens", "tokenize", ("prepare_data", "tokenizer"), run_tokenize),
+    Stage("pretrain", "pretrain", "pretrain", ("tokenize", "tokenizer"), run_pretrain),
+    Stage("finetune", "sft", "finetune", ("pretrain", "tokenizer"), run_finetune),
+    Stage("evaluate", "eval", "evaluate", ("prepare_data", "tokenize", "pretrain", "finetune"), run_evaluate),
+    Stage("export", "export", None, ("finetune", "evaluate"), run_export),
+)
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+
+
+def exported_model_dir(run: RunStore, run_name: str) -> Path:
+    return run.stage_dir("export") / run_name
+
+
+def _raw_input_keys(config: PipelineConfig) -> dict[str, str]:
+    """What identifies the raw inputs: a changed file reruns the data stage."""
+    keys = {}
+    for spec in config.data.inputs:
+        if spec.path == "embedded":
+            keys[spec.path] = f"python-{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+            continue
+        path = Path(spec.path).expanduser()
+        if not path.exists():
+            raise SoloError(f"input {spec.path} does not exist: pass an existing file or folder, or `embedded`")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        listing = "\n".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+        keys[spec.path] = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    return keys
+
+
+def _stage_config(config: PipelineConfig, stage: Stage) -> Schema:
+    section = getattr(config, stage.section) if stage.section else config
+    return section
+
+
+def run_pipeline(config: PipelineConfig, run: RunStore, until: str | None = None) -> dict[str, Manifest]:
+    """Run every stage in order (up to `until`); returns each stage's manifest."""
+    done: dict[str, Manifest] = {}
+    raw_keys = _raw_input_keys(config)
+    print(f"run {config.run}: {run.root}", flush=True)
+    for stage in STAGES:
+        # The export's config is the run name (its folder); the others' is their own section.
+        config_hash = _stage_config(config, stage).fingerprint() if stage.section else config.run
+        inputs = {name: done[name].key() for name in stage.upstream}
+        if stage.name == "prepare_data":
+            inputs = raw_keys
+        final = run.stage_dir(stage.folder)
+        existing = run.manifest(stage.folder)
+        if existing and existing.config_hash == config_hash and existing.inputs == inputs:
+            print(f"↷ {stage.name}: up to date ({final})", flush=True)
+            done[stage.name] = existing
+        else:
+            print(f"▶ {stage.name}", flush=True)
+            manifest = Manifest(stage=stage.name, status="running", config_hash=config_hash, inputs=inputs,
+                                started_at=time.time())
+            with staged_output(final, manifest) as output:
+                ctx = StageContext(config, run, output, {n: run.stage_dir(STAGE_BY_NAME[n].folder)
+                                                         for n in stage.upstream})
+                manifest.metrics = stage.run(ctx)
+            print(f"✓ {stage.name} in {manifest.duration_s:.1f} s → {final}", flush=True)
+            done[stage.name] = manifest
+        if stage.name == until:
+            break
+    return done

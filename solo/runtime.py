@@ -1,0 +1,68 @@
+"""Connecting to Ray: the environment every worker gets, and the cluster a job runs on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from solo.errors import SoloError
+from solo.store import solo_home, torch_extensions_dir
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def worker_env() -> dict[str, str]:
+    """Variables every Ray worker needs: where compiled DeepSpeed ops are cached (built once per
+    machine, not once per job), the artifact store, and DeepSpeed's CPU accelerator without a GPU."""
+    env = {
+        "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir()),
+        "SOLO_HOME": str(solo_home()),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if not cuda_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def cluster_file() -> Path:
+    """Where `solo up` records the cluster it started, and `solo down` removes it."""
+    return solo_home() / "cluster.json"
+
+
+def cluster_address() -> str | None:
+    """The cluster to join: RAY_ADDRESS (set inside a Ray job), else the one `solo up` started."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    if cluster_file().is_file():
+        return json.loads(cluster_file().read_text())["address"]
+    return None
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster this job was submitted to, or the one `solo up` started; else start a
+    private local one for the life of this process. Never whatever else happens to run here."""
+    env = worker_env()
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    # Ray 2.60 turns token authentication on for a local head; a client must say so to join one,
+    # and Ray reads the mode once, when it is imported.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": env}
+    address = cluster_address()
+    if address is None:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        return
+    try:
+        ray.init(address=address, runtime_env=runtime_env)
+    except ConnectionError:
+        raise SoloError(f"no Ray cluster answers at {address}: start one with `solo up`, "
+                        f"or remove the stale {cluster_file()}") from None

@@ -1,0 +1,144 @@
+"""The artifact store: the one place solo reads and writes paths.
+
+    $SOLO_HOME/                       default ~/.solo
+      runs/<run>/<stage>/             a finished stage's outputs and its manifest.json
+      runs/<run>/<stage>.partial/     a stage at work; kept after a crash so it can resume
+      cache/torch_extensions/         DeepSpeed's compiled CPU ops, built once per machine
+
+A stage writes into `<stage>.partial/` and is renamed to `<stage>/` only when whole, with
+its manifest written last, so a crash never leaves an output that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+
+
+def solo_home() -> Path:
+    return Path(os.environ.get("SOLO_HOME", "~/.solo")).expanduser().resolve()
+
+
+def torch_extensions_dir() -> Path:
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or solo_home() / "cache" / "torch_extensions")
+
+
+class Restart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: float
+    resumed_from_step: int
+    reason: str
+
+
+class Manifest(BaseModel):
+    """What a stage did: enough to decide whether it must run again, and to report on it."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    status: Literal["running", "complete", "failed"]
+    config_hash: str
+    inputs: dict[str, str] = Field(default_factory=dict, description="input name → its fingerprint or path")
+    outputs: list[str] = Field(default_factory=list)
+    metrics: dict[str, float | int | str] = Field(default_factory=dict)
+    started_at: float
+    finished_at: float | None = None
+    duration_s: float | None = None
+    restarts: list[Restart] = Field(default_factory=list)
+    error: str | None = None
+
+    def key(self) -> str:
+        """What a downstream stage records of this one: changes whenever this stage or its inputs do."""
+        return hashlib.sha256(f"{self.config_hash}:{sorted(self.inputs.items())}".encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    file = folder / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        return Manifest.model_validate_json(file.read_text())
+    except ValueError:
+        return None
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    write_json_atomic(folder / MANIFEST, manifest.model_dump(mode="json"))
+
+
+class RunStore:
+    """One run's folder: a subfolder per stage."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().resolve()
+
+    @classmethod
+    def named(cls, run: str) -> "RunStore":
+        return cls(solo_home() / "runs" / run)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def partial_dir(self, stage: str) -> Path:
+        return self.root / f"{stage}.partial"
+
+    def manifest(self, stage: str) -> Manifest | None:
+        manifest = read_manifest(self.stage_dir(stage))
+        return manifest if manifest and manifest.status == "complete" else None
+
+
+@contextmanager
+def staged_output(final: Path, manifest: Manifest) -> Iterator[Path]:
+    """Yield a `.partial` folder to write into; on success, publish it under `final`.
+
+    A `.partial` left by an interrupted attempt with the same config is reused (that is how
+    training resumes from its checkpoints); one from another config is cleared first.
+    """
+    partial = final.with_name(final.name + ".partial")
+    previous = read_manifest(partial)
+    if partial.exists() and (previous is None or previous.config_hash != manifest.config_hash
+                             or previous.inputs != manifest.inputs):
+        shutil.rmtree(partial)
+    if previous is not None and partial.exists():
+        manifest.restarts = previous.restarts
+    partial.mkdir(parents=True, exist_ok=True)
+    write_manifest(partial, manifest)
+    try:
+        yield partial
+    except BaseException as exc:
+        manifest.status = "failed"
+        manifest.error = f"{type(exc).__name__}: {exc}"[:2000]
+        manifest.finished_at = time.time()
+        write_manifest(partial, manifest)
+        raise
+    # Pick up what the stage itself recorded while it ran (restarts, for example).
+    latest = read_manifest(partial)
+    if latest is not None:
+        manifest.restarts = latest.restarts
+    manifest.status = "complete"
+    manifest.finished_at = time.time()
+    manifest.duration_s = round(manifest.finished_at - manifest.started_at, 3)
+    manifest.outputs = sorted(str(p.relative_to(partial)) for p in partial.iterdir() if p.name != MANIFEST)
+    write_manifest(partial, manifest)
+    if final.exists():
+        stale = final.with_name(f"{final.name}.stale-{os.getpid()}-{time.time_ns()}")
+        os.replace(final, stale)
+        os.replace(partial, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(partial, final)

@@ -1,0 +1,115 @@
+"""Byte-level BPE trained on your data, and the one chat template training and serving share.
+
+The template marks assistant turns with `{% generation %}`, so the same Jinja that renders a
+prompt for serving also yields the mask of assistant tokens for training: there is no second
+implementation to drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+END_OF_TEXT = "<|endoftext|>"  # between pretraining documents
+END_OF_TURN = "<|end|>"        # closes every chat message; generation stops at it
+PAD = "<|pad|>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<|tool_call|>", "<|/tool_call|>"
+SPECIAL_TOKENS = [END_OF_TEXT, PAD, END_OF_TURN, *ROLE_TOKENS, TOOL_CALL_OPEN, TOOL_CALL_CLOSE]
+
+# Tools offered in a request go into a system turn; an assistant's tool calls are JSON objects
+# `{"name": ..., "arguments": {...}}` between the tool-call tokens; a tool's result is a `tool` turn.
+CHAT_TEMPLATE = (
+    "{%- if tools -%}"
+    "<|system|>You can call these tools. To call one, answer with "
+    "<|tool_call|>{\"name\": ..., \"arguments\": {...}}<|/tool_call|>.\n"
+    "{{ tools | tojson }}<|end|>"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "<|assistant|>{% generation %}{{ message['content'] or '' }}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{%- set function = call['function'] if call['function'] is defined else call -%}"
+    "<|tool_call|>{\"name\": {{ function['name'] | tojson }}, \"arguments\": "
+    "{%- if function['arguments'] is string %} {{ function['arguments'] }}"
+    "{%- else %} {{ function['arguments'] | tojson }}{%- endif -%}"
+    "}<|/tool_call|>"
+    "{%- endfor -%}"
+    "<|end|>{% endgeneration %}"
+    "{%- else -%}"
+    "<|{{ message['role'] }}|>{{ message['content'] or '' }}<|end|>"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE: every byte is in the alphabet, so no input is ever unknown. Digits are
+    split one by one, which keeps arithmetic learnable."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return wrap(tokenizer)
+
+
+def wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=END_OF_TEXT,
+        pad_token=PAD,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1_000_000,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def load(path: str | Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens that end a generation: the end of a turn, or of a document."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, END_OF_TEXT)]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list[dict] | None = None,
+                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and, for each, 1 where it belongs to an assistant turn.
+
+    Training uses the mask for its loss; serving uses the ids with `add_generation_prompt`.
+    """
+    rendered = tokenizer.apply_chat_template(
+        messages,
+        tools=tools,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    return list(rendered["input_ids"]), list(rendered["assistant_masks"])
+
+
+def sample_texts(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
+    """The first `max_bytes` of a text stream: what the BPE trainer sees."""
+    seen = 0
+    for text in texts:
+        if seen >= max_bytes:
+            return
+        seen += len(text.encode())
+        yield text

@@ -1,0 +1,437 @@
+"""The training loop: DeepSpeed (ZeRO 0–3, CPU offload) on each worker, driven by Ray Train.
+
+One loop serves pretraining and fine-tuning: rows of (input_ids, labels) in, a Hugging Face
+model out. The model is stock `LlamaForCausalLM`; ZeRO sharding and offload are applied to it
+from outside through the DeepSpeed config, which is generated from `TrainConfig` here and
+never kept by hand. The same `train_worker` runs under Ray Train (`run_training`) or, for
+debugging and GPU checks, under the `deepspeed` launcher (`python -m jobs.pretrain --launcher deepspeed`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from solo.config import TrainConfig
+from solo.store import Restart, read_manifest, write_manifest
+
+# Dense bf16 peak of GPUs our users train on, for MFU. A GPU not listed reports no MFU.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2,
+               "RTX 3090": 71.0, "A10": 125.0, "L4": 121.0}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a worker needs; paths are in storage every worker sees."""
+
+    config: TrainConfig
+    train_dir: str           # token shards of the training split
+    val_dir: str | None      # token shards of the validation split
+    tokenizer_dir: str
+    output_dir: str          # the stage's folder: model/, metrics.csv, tensorboard/, checkpoints
+    init_model_dir: str | None = None  # start from these weights (fine-tuning) instead of from scratch
+    val_bytes_per_token: float | None = None  # to turn validation loss into bits per byte
+
+
+def use_cuda(config: TrainConfig) -> bool:
+    import torch
+
+    return config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+
+
+def deepspeed_config(config: TrainConfig, workers: int) -> dict:
+    strategy = config.strategy
+    accumulation = config.global_batch // (config.micro_batch * workers)
+    zero: dict = {"stage": strategy.zero_stage}
+    if strategy.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": strategy.offload_optimizer, "pin_memory": False}
+    if strategy.offload_params != "none":
+        zero["offload_param"] = {"device": strategy.offload_params, "pin_memory": False}
+    if strategy.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": config.global_batch,
+        "gradient_clipping": config.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": strategy.precision == "bf16"},
+        "fp16": {"enabled": strategy.precision == "fp16"},
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": config.optim.lr, "betas": [config.optim.beta1, config.optim.beta2],
+            "weight_decay": config.optim.weight_decay}},
+        "steps_per_print": 10**9,  # our own log line replaces DeepSpeed's
+        "wall_clock_breakdown": False,
+    }
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio × lr` at `max_steps`."""
+    o = config.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, config.max_steps - o.warmup_steps)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def peak_tflops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def host_peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB on Linux
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class CheckpointSink:
+    """Where checkpoints go: Ray Train's storage under Ray, a folder under the deepspeed launcher."""
+
+    def latest(self) -> Path | None: ...
+    def save(self, engine, step: int, client_state: dict, metrics: dict) -> None: ...
+    def report(self, metrics: dict) -> None: ...
+
+
+class RaySink(CheckpointSink):
+    def __init__(self):
+        self._restored = None
+
+    def latest(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        self._restored = tempfile.mkdtemp(prefix="solo-restore-")
+        return Path(checkpoint.to_directory(self._restored))
+
+    def save(self, engine, step, client_state, metrics):
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="solo-ckpt-") as folder:
+            engine.save_checkpoint(folder, tag=f"step_{step:08d}", client_state=client_state)
+            # Every rank uploads its own ZeRO shard into the same checkpoint.
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def report(self, metrics):
+        import ray.train
+
+        ray.train.report(metrics)
+
+
+class FolderSink(CheckpointSink):
+    def __init__(self, folder: Path, keep: int, rank: int):
+        self.folder, self.keep, self.rank = folder, keep, rank
+
+    def latest(self):
+        done = sorted(self.folder.glob("step_*/complete"))
+        return done[-1].parent if done else None
+
+    def save(self, engine, step, client_state, metrics):
+        import torch.distributed as dist
+
+        target = self.folder / f"step_{step:08d}"
+        engine.save_checkpoint(str(target), tag=f"step_{step:08d}", client_state=client_state)
+        dist.barrier()
+        if self.rank == 0:
+            (target / "complete").touch()
+            for old in sorted(self.folder.glob("step_*"))[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def report(self, metrics):
+        pass
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _record_restart(output_dir: Path, step: int) -> None:
+    manifest = read_manifest(output_dir)
+    if manifest is not None:
+        manifest.restarts.append(Restart(at=time.time(), resumed_from_step=step, reason="resumed from checkpoint"))
+        write_manifest(output_dir, manifest)
+
+
+def build_model(job: TrainJob, ds_config: dict):
+    """The model, created (or loaded) straight into ZeRO-3 partitions when stage 3 is on.
+
+    Returns the model and the `HfDeepSpeedConfig` that must stay alive while it trains:
+    transformers holds it weakly, and it is what tells transformers that ZeRO-3 is on.
+    """
+    from transformers import LlamaForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from solo import model as presets
+    from solo.tokenizer import load, stop_token_ids
+
+    zero3 = HfDeepSpeedConfig(ds_config) if job.config.strategy.zero_stage == 3 else None
+    if job.init_model_dir:
+        return LlamaForCausalLM.from_pretrained(job.init_model_dir, dtype="float32"), zero3
+    tokenizer = load(job.tokenizer_dir)
+    seq_len = json.loads((Path(job.train_dir) / "index.json").read_text())["seq_len"]
+    # No pad id in the model: padded positions carry label -100, and an embedding padding_idx
+    # would have transformers zero a row that ZeRO-3 has already partitioned away.
+    llama = presets.llama_config(job.config.model, vocab_size=len(tokenizer), seq_len=seq_len,
+                                 eos_token_id=stop_token_ids(tokenizer))
+    return LlamaForCausalLM._from_config(llama), zero3
+
+
+def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
+    """Runs on every worker; torch.distributed is already up. Returns rank 0's final metrics."""
+    import deepspeed
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from solo import model as presets
+    from solo.tokens import LoaderState, ShardLoader, TokenShards
+
+    config = job.config
+    rank, workers = dist.get_rank(), dist.get_world_size()
+    output = Path(job.output_dir)
+    cuda = use_cuda(config)
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    random.seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    torch.manual_seed(config.seed)
+
+    ds_config = deepspeed_config(config, workers)
+    model, _zero3_alive = build_model(job, ds_config)
+    if config.strategy.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    accumulation = ds_config["gradient_accumulation_steps"]
+
+    step, state = 0, LoaderState()
+    restored = sink.latest()
+    if restored is not None:
+        _, client = engine.load_checkpoint(str(restored))  # the tag DeepSpeed recorded in `latest`
+        step, state = client["step"], LoaderState(**client["loader"])
+        torch.set_rng_state(client["torch_rng"])
+        if rank == 0:
+            _record_restart(output, step)
+            print(f"resumed from step {step} (epoch {state.epoch}, row {state.position})", flush=True)
+
+    train = ShardLoader(TokenShards(Path(job.train_dir)), rank, workers, config.micro_batch, config.seed, state)
+    batches = iter(train)
+    val = TokenShards(Path(job.val_dir)) if job.val_dir and (Path(job.val_dir) / "index.json").exists() else None
+    seq_len = train.shards.seq_len
+    flops_per_token = presets.flops_per_token(engine.module.config, seq_len)
+    peak = peak_tflops()
+    log = MetricsLog(output, enabled=rank == 0)
+    if rank == 0:
+        params = presets.parameter_count(engine.module.config)
+        print(f"model {config.model}: {params / 1e6:.1f}M parameters, {flops_per_token / 1e6:.1f} MFLOPs/token; "
+              f"{workers} workers × micro-batch {config.micro_batch} × {accumulation} accumulation = "
+              f"{config.global_batch} sequences/step; ZeRO-{config.strategy.zero_stage}, "
+              f"offload optimizer={config.strategy.offload_optimizer} params={config.strategy.offload_params}",
+              flush=True)
+
+    metrics: dict = {}
+    tokens_per_step = config.global_batch * seq_len
+    started, window_start, window_steps = time.time(), time.time(), 0
+    first_step = step
+    while step < config.max_steps:
+        lr = learning_rate(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(accumulation):
+            input_ids, labels = next(batches)
+            out = engine(input_ids=torch.from_numpy(input_ids).to(device), labels=torch.from_numpy(labels).to(device))
+            engine.backward(out.loss)
+            engine.step()
+            loss_sum += out.loss.detach().float()
+        step += 1
+        window_steps += 1
+        loss = loss_sum / accumulation
+        dist.all_reduce(loss)
+        loss = loss.item() / workers
+
+        if step % config.log_every == 0 or step == config.max_steps:
+            elapsed = time.time() - window_start
+            tokens_per_s = window_steps * tokens_per_step / elapsed
+            done = step - first_step
+            eta = (time.time() - started) / done * (config.max_steps - step)
+            metrics = {"step": step, "loss": round(loss, 4), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+                       "tflops": round(tokens_per_s * flops_per_token / 1e12, 4),
+                       "host_peak_gb": round(host_peak_gb(), 3), "eta_s": round(eta, 1)}
+            if peak:
+                metrics["mfu"] = round(tokens_per_s * flops_per_token / 1e12 / (peak * workers), 4)
+            if cuda:
+                metrics["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+            if val is not None and (step % config.eval_every == 0 or step == config.max_steps):
+                metrics["val_loss"] = round(validation_loss(engine, val, rank, workers, config, device), 4)
+                if job.val_bytes_per_token:
+                    metrics["val_bpb"] = round(metrics["val_loss"] / math.log(2) / job.val_bytes_per_token, 4)
+            log.write(metrics)
+            window_start, window_steps = time.time(), 0
+
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            client_state = {"step": step, "loader": vars(train.state).copy(), "torch_rng": torch.get_rng_state()}
+            sink.save(engine, step, client_state, metrics or {"step": step, "loss": loss})
+        elif metrics.get("step") == step:
+            sink.report(metrics)
+
+    export_model(engine, job, rank)
+    log.close()
+    dist.barrier()
+    return metrics
+
+
+def validation_loss(engine, val, rank: int, workers: int, config: TrainConfig, device) -> float:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    # Every rank must run the same number of forward passes under ZeRO-3, since they gather
+    # parameters together; so whole global batches only, and the same first rows every time
+    # so curves compare step to step.
+    per_batch = config.micro_batch * workers
+    batches = min(len(val) // per_batch, config.eval_batches)
+    if batches == 0:
+        return float("nan")
+    engine.eval()
+    total = torch.zeros((), device=device)
+    with torch.no_grad():
+        for b in range(batches):
+            start = b * per_batch + rank * config.micro_batch
+            input_ids, labels = val.rows(np.arange(start, start + config.micro_batch))
+            out = engine(input_ids=torch.from_numpy(input_ids).to(device), labels=torch.from_numpy(labels).to(device))
+            total += out.loss.detach().float()
+    dist.all_reduce(total)
+    engine.train()
+    return total.item() / (batches * workers)
+
+
+def export_model(engine, job: TrainJob, rank: int) -> None:
+    """Consolidate the (possibly sharded) weights into a Hugging Face folder on rank 0."""
+    from transformers import GenerationConfig
+
+    from solo.tokenizer import load, stop_token_ids
+
+    if job.config.strategy.zero_stage == 3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers on every rank, returns on rank 0
+    else:
+        state_dict = engine.module.state_dict()
+    if rank != 0:
+        return
+    target = Path(job.output_dir) / "model"
+    engine.module.save_pretrained(str(target), state_dict=state_dict, safe_serialization=True)
+    tokenizer = load(job.tokenizer_dir)
+    tokenizer.save_pretrained(str(target))
+    GenerationConfig(eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                     max_new_tokens=256).save_pretrained(str(target))
+
+
+class MetricsLog:
+    """A line per logged step on the console, and the same row in metrics.csv and TensorBoard."""
+
+    def __init__(self, output: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = self.writer = self.tensorboard = None
+        if not enabled:
+            return
+        path = output / "metrics.csv"
+        self.file = path.open("a", newline="")
+        self.header_written = path.stat().st_size > 0
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(output / "tensorboard"))
+        except ImportError:
+            self.tensorboard = None
+
+    def write(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        eta = metrics["eta_s"]
+        line = (f"step {metrics['step']:>6} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
+                f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        for key in ("val_loss", "val_bpb", "mfu", "gpu_peak_gb", "host_peak_gb"):
+            if key in metrics:
+                line += f" | {key} {metrics[key]}"
+        print(line, flush=True)
+        fields = ["step", "loss", "lr", "tokens_per_s", "tflops", "mfu", "val_loss", "val_bpb", "gpu_peak_gb",
+                  "host_peak_gb", "eta_s"]
+        writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
+        if not self.header_written:
+            writer.writeheader()
+            self.header_written = True
+        writer.writerow(metrics)
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, metrics["step"])
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+
+
+# ---------------------------------------------------------------- drivers
+
+
+def _ray_worker_entry(loop_config: dict) -> None:
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda(loop_config["job"].config) else "gloo")
+    train_worker(loop_config["job"], RaySink())
+
+
+def run_training(job: TrainJob) -> dict:
+    """Train under Ray Train; a worker that dies restarts the group from the last checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    config = job.config
+    cuda = use_cuda(config)
+    trainer = TorchTrainer(
+        _ray_worker_entry,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=cuda,
+                                               resources_per_worker={"CPU": 1, **({"GPU": 1} if cuda else {})}),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str(Path(job.output_dir) / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    return _summary(Path(job.output_dir), result.metrics or {})
+
+
+def run_with_deepspeed_launcher(job: TrainJob) -> dict:
+    """Under `deepspeed` (or torchrun): the environment already names rank and world size."""
+    import deepspeed
+    import torch.distributed as dist
+
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda(job.config) else "gloo")
+    sink = FolderSink(Path(job.output_dir) / "checkpoints", job.config.keep_checkpoints, dist.get_rank())
+    metrics = train_worker(job, sink)
+    return _summary(Path(job.output_dir), metrics)
+
+
+def _summary(output: Path, last: dict) -> dict:
+    keep = ("loss", "val_loss", "val_bpb", "tokens_per_s", "tflops", "mfu", "gpu_peak_gb", "host_peak_gb", "step")
+    return {k: last[k] for k in keep if k in last}

@@ -1,0 +1,69 @@
+import time
+
+import pytest
+
+from solo.store import Manifest, RunStore, read_manifest, staged_output
+
+
+def manifest(config_hash="a", inputs=None):
+    return Manifest(stage="s", status="running", config_hash=config_hash, inputs=inputs or {}, started_at=time.time())
+
+
+def test_output_appears_only_when_whole(tmp_path):
+    final = tmp_path / "stage"
+    with staged_output(final, manifest()) as partial:
+        (partial / "out.txt").write_text("x")
+        assert not final.exists()
+    assert (final / "out.txt").read_text() == "x"
+    done = read_manifest(final)
+    assert done.status == "complete" and done.outputs == ["out.txt"] and done.duration_s >= 0
+    assert not partial.exists()
+
+
+def test_a_crash_leaves_a_failed_partial_and_no_output(tmp_path):
+    final = tmp_path / "stage"
+    with pytest.raises(RuntimeError):
+        with staged_output(final, manifest()) as partial:
+            (partial / "half.txt").write_text("x")
+            raise RuntimeError("power cut")
+    assert not final.exists()
+    failed = read_manifest(partial)
+    assert failed.status == "failed" and "power cut" in failed.error
+    assert RunStore(tmp_path).manifest("stage") is None
+
+
+def test_a_retry_with_the_same_config_resumes_in_the_partial(tmp_path):
+    final = tmp_path / "stage"
+    with pytest.raises(RuntimeError):
+        with staged_output(final, manifest()) as partial:
+            (partial / "checkpoint").write_text("step 50")
+            raise RuntimeError("killed")
+    with staged_output(final, manifest()) as partial:
+        assert (partial / "checkpoint").read_text() == "step 50"
+    assert (final / "checkpoint").exists()
+
+
+def test_a_retry_with_another_config_starts_clean(tmp_path):
+    final = tmp_path / "stage"
+    with pytest.raises(RuntimeError):
+        with staged_output(final, manifest("a")) as partial:
+            (partial / "checkpoint").write_text("step 50")
+            raise RuntimeError("killed")
+    with staged_output(final, manifest("b")) as partial:
+        assert not (partial / "checkpoint").exists()
+
+
+def test_republishing_replaces_the_old_output(tmp_path):
+    final = tmp_path / "stage"
+    with staged_output(final, manifest("a")) as partial:
+        (partial / "old.txt").write_text("old")
+    with staged_output(final, manifest("b")) as partial:
+        (partial / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "new.txt"]
+    assert read_manifest(final).config_hash == "b"
+
+
+def test_manifest_key_changes_with_config_and_inputs():
+    assert manifest("a").key() != manifest("b").key()
+    assert manifest("a", {"x": "1"}).key() != manifest("a", {"x": "2"}).key()
+    assert manifest("a", {"x": "1"}).key() == manifest("a", {"x": "1"}).key()

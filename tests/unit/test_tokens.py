@@ -1,0 +1,62 @@
+import numpy as np
+
+from solo.tokens import LoaderState, Packer, ShardLoader, ShardWriter, TokenShards, is_validation
+
+
+def write_rows(folder, rows=40, seq_len=8, rows_per_shard=7):
+    writer = ShardWriter(folder, seq_len, np.dtype(np.uint16), rows_per_shard)
+    packer = Packer(writer, eos_id=0)
+    rng = np.random.default_rng(0)
+    while sum(s["rows"] for s in writer.shards) + len(writer.rows) < rows:
+        packer.add_document(rng.integers(1, 100, size=int(rng.integers(3, 20))).tolist())
+    return packer.close()
+
+
+def test_packing_keeps_every_token_in_order_with_eos_between_documents(tmp_path):
+    writer = ShardWriter(tmp_path, seq_len=4, dtype=np.dtype(np.uint16), rows_per_shard=2)
+    packer = Packer(writer, eos_id=0)
+    for doc in ([1, 2, 3], [4, 5], [6, 7, 8, 9, 10]):
+        packer.add_document(doc)
+    index = packer.close()
+    shards = TokenShards(tmp_path)
+    tokens, labels = shards.rows(np.arange(len(shards)))
+    assert tokens.ravel().tolist() == [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10]
+    assert (labels == tokens).all()
+    assert index["documents"] == 3 and index["rows"] == 3 and len(index["shards"]) == 2
+
+
+def test_workers_get_disjoint_slices_and_together_cover_the_epoch(tmp_path):
+    write_rows(tmp_path, rows=48)
+    shards = TokenShards(tmp_path)
+    seen = []
+    for rank in range(2):
+        loader = iter(ShardLoader(shards, rank, workers=2, micro_batch=3, seed=1))
+        rows = [next(loader)[0] for _ in range(len(shards) // 6)]
+        seen.append({tuple(r) for batch in rows for r in batch})
+    assert not seen[0] & seen[1]
+    # An epoch is whole global batches (2 workers × 3 rows); a remainder waits for the next epoch.
+    all_rows = {tuple(r) for r in shards.rows(np.arange(len(shards)))[0]}
+    assert seen[0] | seen[1] <= all_rows
+    assert len(seen[0] | seen[1]) == len(shards) // 6 * 6
+
+
+def test_resume_continues_at_the_next_unseen_row(tmp_path):
+    write_rows(tmp_path, rows=40)
+    shards = TokenShards(tmp_path)
+    straight = iter(ShardLoader(shards, 0, workers=1, micro_batch=4, seed=3))
+    expected = [next(straight)[0] for _ in range(15)]  # crosses an epoch boundary
+    first = ShardLoader(shards, 0, workers=1, micro_batch=4, seed=3)
+    it = iter(first)
+    for _ in range(6):
+        next(it)
+    state = LoaderState(**vars(first.state))
+    resumed = iter(ShardLoader(shards, 0, workers=1, micro_batch=4, seed=3, state=state))
+    for want in expected[6:]:
+        assert (next(resumed)[0] == want).all()
+
+
+def test_validation_split_is_by_document_and_stable():
+    ids = [f"doc{i}" for i in range(2000)]
+    val = [i for i in ids if is_validation(i, 0.1)]
+    assert 120 < len(val) < 280
+    assert val == [i for i in ids if is_validation(i, 0.1)]
