@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,11 @@ from solo.runtime import cluster_file, worker_env
 from solo.store import RunStore, solo_home
 
 DASHBOARD_PORT = 8265
-JOBS = ("pipeline", "prepare_data", "train_tokenizer", "tokenize", "pretrain", "finetune", "evaluate")
+
+
+def available_jobs() -> list[str]:
+    """The entry points in jobs/: what `python -m jobs.<name>` can run."""
+    return sorted(p.stem for p in (REPO_ROOT / "jobs").glob("*.py") if not p.stem.startswith("_"))
 
 
 def _ray_env() -> dict[str, str]:
@@ -277,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("down", help="stop the cluster `solo up` started")
 
     p = commands.add_parser("submit", help="run a job on the cluster; prints its submission id")
-    p.add_argument("job", choices=JOBS)
+    p.add_argument("job", choices=available_jobs())
     p.add_argument("--config", type=Path)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--wait", action="store_true", help="stream its output and wait for the end")

@@ -14,9 +14,11 @@ import torch
 
 def load_model(model_dir: str | Path):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
     from solo.tokenizer import load
 
+    logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()
     return model, load(model_dir)

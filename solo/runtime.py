@@ -23,6 +23,11 @@ def worker_env() -> dict[str, str]:
         "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir()),
         "SOLO_HOME": str(solo_home()),
         "TOKENIZERS_PARALLELISM": "false",
+        # Ray Train's print patch tees every line a worker prints, so the console showed each twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        # torch.distributed deprecation notices from inside DeepSpeed, once per call: noise, not news.
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+        "TRANSFORMERS_VERBOSITY": "error",
     }
     if not cuda_available():
         env["DS_ACCELERATOR"] = "cpu"

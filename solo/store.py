@@ -3,7 +3,9 @@
     $SOLO_HOME/                       default ~/.solo
       runs/<run>/<stage>/             a finished stage's outputs and its manifest.json
       runs/<run>/<stage>.partial/     a stage at work; kept after a crash so it can resume
-      cache/torch_extensions/         DeepSpeed's compiled CPU ops, built once per machine
+
+DeepSpeed's compiled CPU ops belong to the machine, not to a store: they are cached once in
+$TORCH_EXTENSIONS_DIR, default ~/.cache/solo/torch_extensions, whatever SOLO_HOME says.
 
 A stage writes into `<stage>.partial/` and is renamed to `<stage>/` only when whole, with
 its manifest written last, so a crash never leaves an output that looks complete.
@@ -30,7 +32,8 @@ def solo_home() -> Path:
 
 
 def torch_extensions_dir() -> Path:
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or solo_home() / "cache" / "torch_extensions")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cache / "solo" / "torch_extensions")
 
 
 class Restart(BaseModel):

@@ -1,0 +1,124 @@
+"""The demo, end to end, at its smallest size, on a real local Ray cluster started by `solo up`:
+`solo submit pipeline`, the plain `ray job submit` line, a changed setting rerunning only the
+stages it affects, and the exported model answering the official `openai` client."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from solo.config import REPO_ROOT, ServeConfig
+from solo.pipeline import STAGES
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+CONFIG = "configs/pipelines/demo.yaml"
+SMALLEST = [
+    "data.inputs=[{path: embedded, domain: python-docs, max_documents: 150}]",
+    "pretrain.max_steps=6", "pretrain.log_every=3", "pretrain.eval_every=3", "pretrain.checkpoint_every=3",
+    "finetune.max_steps=4", "finetune.log_every=2", "finetune.eval_every=2", "finetune.checkpoint_every=2",
+    "finetune.max_examples=300", "evaluate.max_documents=4", "evaluate.max_new_tokens=8",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def run(args, env, timeout=900):
+    done = subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("solo_home")
+    env = {**os.environ, "SOLO_HOME": str(home)}
+    env.pop("RAY_ADDRESS", None)
+    dashboard = free_port()
+    run([BIN / "solo", "up", "--num-cpus", "2", "--port", str(free_port()), "--dashboard-port", str(dashboard)], env)
+    try:
+        yield {"env": env, "home": home, "dashboard": dashboard}
+    finally:
+        subprocess.run([BIN / "solo", "down"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster):
+    out = run([BIN / "solo", "submit", "pipeline", "--config", CONFIG, *sets(SMALLEST), "--wait"], cluster["env"])
+    return out
+
+
+def manifest(cluster, folder):
+    return json.loads((cluster["home"] / "runs" / "demo" / folder / "manifest.json").read_text())
+
+
+def test_solo_submit_runs_the_pipeline_to_the_end(cluster, first_run):
+    submission_id = first_run.splitlines()[0]
+    assert submission_id.startswith("raysubmit_")
+    for stage in STAGES:
+        assert f"✓ {stage.name}" in first_run
+        assert manifest(cluster, stage.folder)["status"] == "complete"
+    pretrain = manifest(cluster, "pretrain")
+    assert pretrain["metrics"]["step"] == 6 and pretrain["metrics"]["loss"] < 8.5
+    evaluation = manifest(cluster, "eval")["metrics"]
+    assert 0 < evaluation["pretrain_bits_per_byte"] < 8  # better than a uniform guess over bytes
+    status = subprocess.run([BIN / "solo", "status"], env=cluster["env"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert submission_id in status.stdout and "SUCCEEDED" in status.stdout
+
+
+def test_export_is_a_hugging_face_model_with_its_chat_template(cluster, first_run):
+    folder = cluster["home"] / "runs" / "demo" / "export" / "demo"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                         add_generation_prompt=True) == "<|user|>hi<|end|><|assistant|>"
+
+
+def test_plain_ray_job_submit_runs_it_again_skipping_every_finished_stage(cluster, first_run):
+    env = {**cluster["env"], "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"http://127.0.0.1:{cluster['dashboard']}"}
+    out = run([BIN / "ray", "job", "submit", "--working-dir", ".", "--", "python", "-m", "jobs.pipeline",
+               "--config", CONFIG, *sets(SMALLEST)], env)
+    for stage in STAGES:
+        assert f"↷ {stage.name}: up to date" in out
+    assert "model ready" in out
+
+
+def test_a_changed_setting_reruns_that_stage_and_those_after_it(cluster, first_run):
+    before = manifest(cluster, "pretrain")["finished_at"]
+    changed = [o for o in SMALLEST if not o.startswith("finetune.max_steps")] + ["finetune.max_steps=2"]
+    out = run([BIN / "solo", "submit", "pipeline", "--config", CONFIG, *sets(changed), "--wait"], cluster["env"])
+    for stage in ("prepare_data", "tokenizer", "tokenize", "pretrain"):
+        assert f"↷ {stage}: up to date" in out
+    for stage in ("finetune", "evaluate", "export"):
+        assert f"✓ {stage}" in out
+    assert manifest(cluster, "pretrain")["finished_at"] == before
+    assert manifest(cluster, "sft")["metrics"]["step"] == 2
+
+
+def test_the_exported_model_answers_the_openai_client(cluster, first_run, monkeypatch):
+    from solo.serving.run import serving
+
+    monkeypatch.setenv("SOLO_HOME", str(cluster["home"]))
+    folder = cluster["home"] / "runs" / "demo" / "export" / "demo"
+    with serving(ServeConfig(model=str(folder), port=free_port())) as base_url:
+        client = OpenAI(base_url=base_url, api_key="none")
+        assert [m.id for m in client.models.list().data] == ["demo"]
+        reply = client.chat.completions.create(model="demo", max_tokens=8, temperature=0,
+                                               messages=[{"role": "user", "content": "What does json.dumps do?"}])
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        assert reply.usage.completion_tokens >= 1

@@ -1,0 +1,67 @@
+"""Bad input gets one clear line saying what to do, exit code 2, and no traceback."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from solo.config import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def run(args, tmp_path, timeout=120):
+    env = {**os.environ, "SOLO_HOME": str(tmp_path / "home")}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_clear_line(done, *needles):
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("solo: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: x\npretrain:\n  max_stepz: 3\n")
+    done = run([sys.executable, "-m", "jobs.pipeline", "--config", str(bad)], tmp_path)
+    assert_one_clear_line(done, str(bad), "pretrain.max_stepz", "Extra inputs are not permitted")
+
+
+def test_bad_override_value(tmp_path):
+    done = run([sys.executable, "-m", "jobs.pipeline", "--set", "pretrain.workers=zero"], tmp_path)
+    assert_one_clear_line(done, "pretrain.workers")
+
+
+def test_missing_input_path(tmp_path):
+    done = run([sys.executable, "-m", "jobs.pipeline", "--input", str(tmp_path / "nowhere")], tmp_path)
+    assert_one_clear_line(done, "nowhere", "does not exist")
+    assert not (tmp_path / "home" / "runs" / "demo" / "data").exists()
+
+
+def test_submit_with_no_cluster_up(tmp_path):
+    done = run([BIN / "solo", "submit", "pipeline", "--config", "configs/pipelines/demo.yaml"], tmp_path)
+    assert_one_clear_line(done, "no Ray cluster is up", "solo up")
+
+
+def test_status_with_no_cluster_up(tmp_path):
+    assert_one_clear_line(run([BIN / "solo", "status"], tmp_path), "solo up")
+
+
+def test_serve_a_model_that_is_not_there(tmp_path):
+    done = run([BIN / "solo", "serve", "--model", str(tmp_path / "missing")], tmp_path)
+    assert_one_clear_line(done, "missing")
+
+
+def test_serve_on_a_port_in_use(tmp_path, tiny_model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run([BIN / "solo", "serve", "--model", str(tiny_model_dir), "--port", str(port)], tmp_path)
+    assert_one_clear_line(done, str(port), "in use", "--port")

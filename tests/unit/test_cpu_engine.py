@@ -1,0 +1,150 @@
+"""CpuEngine against Hugging Face's own `generate` on a real (untrained) tiny Llama."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from solo.serving.cpu_engine import CpuEngine
+from solo.serving.engine import SamplingParams
+from solo.tokenizer import load, render_chat, stop_token_ids
+
+QUESTIONS = ["What does json.dumps do?", "Explain the for statement."]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    return LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture
+def engine(tiny_model_dir) -> CpuEngine:
+    return CpuEngine(tiny_model_dir, max_concurrent=2)
+
+
+def prompt(tokenizer, question: str) -> list[int]:
+    return render_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)[0]
+
+
+async def collect(engine: CpuEngine, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], str | None]:
+    tokens, finish = [], None
+    async for delta in engine.generate(prompt_ids, params):
+        assert finish is None, "nothing may follow the delta that carries the finish reason"
+        tokens += delta.token_ids
+        finish = delta.finish_reason
+    return tokens, finish
+
+
+def greedy(max_tokens: int, stops: tuple[int, ...] = ()) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0, stop_token_ids=stops)
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_greedy_decoding_matches_hf_generate(engine, reference, tokenizer, question):
+    ids = prompt(tokenizer, question)
+    expected = reference.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=48)[0, len(ids):].tolist()
+    assert len(set(expected)) > 10, "the reference output is too uniform to tell decoders apart"
+    stops = tuple(stop_token_ids(tokenizer))
+    tokens, finish = asyncio.run(collect(engine, ids, greedy(48, stops)))
+    assert tokens == expected
+    assert finish == ("stop" if tokens[-1] in stops else "length")
+
+
+def test_a_stop_token_ends_the_generation(engine, tokenizer):
+    ids = prompt(tokenizer, QUESTIONS[0])
+    free, _ = asyncio.run(collect(engine, ids, greedy(40)))
+    stop = free[7]
+    first = free.index(stop)
+    tokens, finish = asyncio.run(collect(engine, ids, greedy(40, (stop,))))
+    assert tokens == free[:first + 1] and finish == "stop"
+
+
+def test_max_tokens_ends_with_length(engine, tokenizer):
+    tokens, finish = asyncio.run(collect(engine, prompt(tokenizer, QUESTIONS[0]), greedy(5)))
+    assert len(tokens) == 5 and finish == "length"
+
+
+def test_the_context_window_ends_with_length(engine, tokenizer):
+    ids = (prompt(tokenizer, QUESTIONS[0]) * 100)[:engine.max_context - 3]
+    tokens, finish = asyncio.run(collect(engine, ids, greedy(50)))
+    assert len(tokens) == 3 and finish == "length"
+    with pytest.raises(ValueError):
+        asyncio.run(collect(engine, [*ids, 1, 2, 3], greedy(1)))
+
+
+def test_a_seed_makes_sampling_reproducible(engine, tokenizer):
+    ids = prompt(tokenizer, QUESTIONS[0])
+
+    def sampled(seed: int | None, top_p: float = 1.0) -> list[int]:
+        params = SamplingParams(max_tokens=24, temperature=1.0, top_p=top_p, seed=seed)
+        return asyncio.run(collect(engine, ids, params))[0]
+
+    assert sampled(1) == sampled(1)
+    assert sampled(1) != sampled(2)
+    assert sampled(None) != sampled(None)
+    # top_p so small that only the likeliest token is left: sampling turns greedy.
+    assert sampled(3, top_p=1e-9) == asyncio.run(collect(engine, ids, greedy(24)))[0]
+
+
+def test_concurrent_requests_keep_their_own_cache(engine, tokenizer):
+    prompts = [prompt(tokenizer, q) for q in QUESTIONS] + [prompt(tokenizer, QUESTIONS[0])]
+    alone = [asyncio.run(collect(engine, p, greedy(20)))[0] for p in prompts]
+
+    async def together():
+        # Three requests on two slots: the third waits for one to free up.
+        return await asyncio.gather(*(collect(engine, p, greedy(20)) for p in prompts))
+
+    assert [tokens for tokens, _ in asyncio.run(together())] == alone
+
+
+def test_a_closed_consumer_stops_its_generation(engine, tokenizer, monkeypatch):
+    steps = 0
+    forward = engine.model.forward
+
+    def counting_forward(*args, **kwargs):
+        nonlocal steps
+        steps += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", counting_forward)
+    ids = prompt(tokenizer, QUESTIONS[0])
+
+    async def read_two_then_leave():
+        stream = engine.generate(ids, greedy(200))
+        await anext(stream)
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(0.2)
+
+    async def cancel_midway():
+        async def consume():
+            async for _ in engine.generate(ids, greedy(200)):
+                pass
+
+        task = asyncio.create_task(consume())
+        while steps < 5:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)
+
+    asyncio.run(read_two_then_leave())
+    assert steps == 2
+    steps = 0
+    asyncio.run(cancel_midway())
+    assert 5 <= steps <= 6
+
+    async def fill_both_slots():
+        return await asyncio.wait_for(asyncio.gather(*(collect(engine, ids, greedy(3)) for _ in range(2))), 30)
+
+    # Both requests gave their slot back, or this would wait forever.
+    assert [len(tokens) for tokens, _ in asyncio.run(fill_both_slots())] == [3, 3]
