@@ -19,7 +19,6 @@ import sys
 from solo.config import InputSpec, PipelineConfig, default_config_path, load_config
 from solo.entry import job_parser, main_guard
 from solo.pipeline import STAGES, exported_model_dir, run_pipeline
-from solo.runtime import init_ray
 from solo.store import RunStore
 
 
@@ -33,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
         specs = [InputSpec(path=p, domain="user") for p in args.inputs]
         config = config.model_copy(update={"data": config.data.model_copy(update={"inputs": specs})})
     run = RunStore(args.output) if args.output else RunStore.named(config.run)
-    init_ray()
     run_pipeline(config, run, until=args.until)
     if args.until in (None, "export"):
         model = exported_model_dir(run, config.run)

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -71,25 +72,33 @@ def _job_client():
 
 
 def up(num_cpus: int | None, num_gpus: int | None, port: int, dashboard_port: int) -> dict:
+    """Start a Ray head as its own process group, so `down` can stop exactly it and nothing else."""
     if cluster_file().is_file():
         cluster = json.loads(cluster_file().read_text())
         print(f"a Ray cluster is already up: {cluster['address']} (dashboard {cluster['dashboard']})")
         return cluster
-    command = [_ray_cli(), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+    command = [_ray_cli(), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         command.append(f"--num-gpus={num_gpus}")
-    started = subprocess.run(command, env=_ray_env(), capture_output=True, text=True)
-    if started.returncode != 0:
-        detail = (started.stderr or started.stdout).strip().splitlines()
-        raise SoloError(f"`ray start` failed: {detail[-1] if detail else started.returncode}")
+    log_path = solo_home() / "cluster.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        head = subprocess.Popen(command, env=_ray_env(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log_path.read_text():
+        if head.poll() is not None or time.monotonic() > deadline:
+            lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+            _stop_group(head.pid)
+            raise SoloError(f"`ray start` failed: {lines[-1] if lines else 'no output'} (full log: {log_path})")
+        time.sleep(0.5)
     import ray._private.services as services
 
-    cluster = {"address": f"{services.get_node_ip_address()}:{port}",
-               "dashboard": f"http://127.0.0.1:{dashboard_port}", "started_at": time.time()}
-    cluster_file().parent.mkdir(parents=True, exist_ok=True)
+    cluster = {"address": f"{services.get_node_ip_address()}:{port}", "pid": head.pid,
+               "dashboard": f"http://127.0.0.1:{dashboard_port}", "started_at": time.time(), "log": str(log_path)}
     cluster_file().write_text(json.dumps(cluster, indent=2) + "\n")
     print(f"Ray head up: {cluster['address']}; dashboard {cluster['dashboard']} (token auth on; "
           f"token in ~/.ray/auth_token)\nsubmit:  solo submit pipeline --config configs/pipelines/demo.yaml\n"
@@ -97,13 +106,41 @@ def up(num_cpus: int | None, num_gpus: int | None, port: int, dashboard_port: in
     return cluster
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _stop_group(pgid: int) -> None:
+    """Stop the head `up` started, and only it: SIGTERM its `ray start` (which drains the node and
+    stops its processes while the GCS still answers), then whatever of its group is left."""
+    for signum, target, grace_s in ((signal.SIGTERM, os.kill, 30), (signal.SIGTERM, os.killpg, 15),
+                                    (signal.SIGKILL, os.killpg, 5)):
+        try:
+            target(pgid, signum)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            leader_gone = target is os.kill and not os.path.exists(f"/proc/{pgid}")
+            if not _group_alive(pgid) or leader_gone:
+                break
+            time.sleep(0.3)
+        if not _group_alive(pgid):
+            return
+
+
 def down() -> None:
     if not cluster_file().is_file():
         print("no Ray cluster recorded by `solo up`; nothing to stop")
         return
-    subprocess.run([_ray_cli(), "stop"], env=_ray_env(), capture_output=True, text=True)
+    cluster = json.loads(cluster_file().read_text())
+    _stop_group(cluster["pid"])
     cluster_file().unlink(missing_ok=True)
-    print("Ray cluster stopped")
+    print(f"Ray cluster {cluster['address']} stopped")
 
 
 # ---------------------------------------------------------------- jobs
@@ -198,7 +235,9 @@ def resolve_model(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path.resolve())
-    exported = RunStore.named(name_or_path).stage_dir("export") / name_or_path
+    from solo.pipeline import exported_model_dir
+
+    exported = exported_model_dir(RunStore.named(name_or_path), name_or_path)
     if exported.is_dir():
         return str(exported)
     raise SoloError(f"no model at {name_or_path}, and no run named {name_or_path!r} with an exported model in "

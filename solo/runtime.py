@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from solo.errors import SoloError
@@ -54,18 +55,28 @@ def init_ray(num_cpus: int | None = None) -> None:
     env = worker_env()
     for key, value in env.items():
         os.environ.setdefault(key, value)
-    # Ray 2.60 turns token authentication on for a local head; a client must say so to join one,
-    # and Ray reads the mode once, when it is imported.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    address = cluster_address()
+    ray_was_imported = "ray" in sys.modules
+    if address is not None:
+        # Ray 2.60 turns token authentication on for a local head, and a client must say so to
+        # join one. A private local Ray turns it on by itself, so there the mode is left alone.
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": env}
-    address = cluster_address()
     if address is None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
         return
+    if ray_was_imported:
+        # Ray reads the mode when it is imported; re-read it, as Ray itself does when it turns it on.
+        from ray._raylet import Config
+
+        Config.initialize("")
+    # Inside a submitted job the job's runtime env already holds these same variables; let Ray
+    # merge the two rather than refuse the overlap.
+    os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     try:
         ray.init(address=address, runtime_env=runtime_env)
     except ConnectionError:

@@ -97,12 +97,6 @@ class RunStore:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
-    def partial_dir(self, stage: str) -> Path:
-        return self.root / f"{stage}.partial"
-
-    def manifest(self, stage: str) -> Manifest | None:
-        manifest = read_manifest(self.stage_dir(stage))
-        return manifest if manifest and manifest.status == "complete" else None
 
 
 @contextmanager

@@ -4,16 +4,19 @@ stages it affects, and the exported model answering the official `openai` client
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from solo.config import REPO_ROOT, ServeConfig
+from solo.config import REPO_ROOT
 from solo.pipeline import STAGES
 
 pytestmark = pytest.mark.e2e
@@ -110,15 +113,31 @@ def test_a_changed_setting_reruns_that_stage_and_those_after_it(cluster, first_r
     assert manifest(cluster, "sft")["metrics"]["step"] == 2
 
 
-def test_the_exported_model_answers_the_openai_client(cluster, first_run, monkeypatch):
-    from solo.serving.run import serving
-
-    monkeypatch.setenv("SOLO_HOME", str(cluster["home"]))
-    folder = cluster["home"] / "runs" / "demo" / "export" / "demo"
-    with serving(ServeConfig(model=str(folder), port=free_port())) as base_url:
-        client = OpenAI(base_url=base_url, api_key="none")
+def test_solo_serve_answers_the_openai_client_and_stops_on_sigint(cluster, first_run):
+    port = free_port()
+    server = subprocess.Popen([BIN / "solo", "serve", "--model", "demo", "--port", str(port)], env=cluster["env"],
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "solo serve did not come up"
+            time.sleep(1)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
         assert [m.id for m in client.models.list().data] == ["demo"]
-        reply = client.chat.completions.create(model="demo", max_tokens=8, temperature=0,
-                                               messages=[{"role": "user", "content": "What does json.dumps do?"}])
-        assert reply.choices[0].finish_reason in ("stop", "length")
-        assert reply.usage.completion_tokens >= 1
+        question = [{"role": "user", "content": "What does json.dumps do?"}]
+        reply = client.chat.completions.create(model="demo", max_tokens=8, temperature=0, messages=question)
+        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+            model="demo", max_tokens=8, temperature=0, messages=question, stream=True) if chunk.choices)
+        assert streamed == reply.choices[0].message.content
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=120)
+    assert server.returncode == 0, output[-3000:]
+    assert "solo: stopped" in output

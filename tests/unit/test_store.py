@@ -29,7 +29,7 @@ def test_a_crash_leaves_a_failed_partial_and_no_output(tmp_path):
     assert not final.exists()
     failed = read_manifest(partial)
     assert failed.status == "failed" and "power cut" in failed.error
-    assert RunStore(tmp_path).manifest("stage") is None
+    assert not RunStore(tmp_path).stage_dir("stage").exists()
 
 
 def test_a_retry_with_the_same_config_resumes_in_the_partial(tmp_path):

@@ -1,0 +1,14 @@
+"""Clean raw text into parquet: normalize, length rules, exact dedup over the whole corpus.
+
+CPU or GPU machine alike (Ray Data on CPUs):
+    python -m jobs.prepare_data --input ~/notes --input corpus.jsonl --run mine
+    python -m jobs.prepare_data --config configs/data/default.yaml --output /tmp/clean
+Writes data/ (parquet), dropped/ (what each rule dropped, and why), report.json and report.md.
+"""
+
+import sys
+
+from solo.entry import stage_job
+
+if __name__ == "__main__":
+    sys.exit(stage_job("prepare_data", __doc__))
