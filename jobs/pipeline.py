@@ -19,6 +19,7 @@ import sys
 from solo.config import InputSpec, PipelineConfig, default_config_path, load_config
 from solo.entry import job_parser, main_guard
 from solo.pipeline import STAGES, exported_model_dir, run_pipeline
+from solo.report import write_report
 from solo.store import RunStore
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config.model_copy(update={"data": config.data.model_copy(update={"inputs": specs})})
     run = RunStore(args.output) if args.output else RunStore.named(config.run)
     run_pipeline(config, run, until=args.until)
+    print(f"report card: {write_report(run, config.evaluate)}", flush=True)
     if args.until in (None, "export"):
         model = exported_model_dir(run, config.run)
         print(f"\nmodel ready: {model}\nserve it:    solo serve --model {model}", flush=True)

@@ -7,6 +7,7 @@
     solo status                               the cluster's resources and its jobs
     solo logs ID [--follow]                   a job's output
     solo serve --model PATH_OR_RUN [--port N] an OpenAI-compatible endpoint, in the foreground
+    solo report RUN [--config FILE]           the run's report card: report.md and plots
     solo demo                                 the whole promise: train the demo model, serve it, ask it something
 """
 
@@ -17,6 +18,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +48,12 @@ def _ray_env() -> dict[str, str]:
     return env
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _ray_cli() -> str:
     return str(Path(sys.executable).parent / "ray")
 
@@ -57,7 +65,6 @@ def _cluster() -> dict:
 
 
 def _job_client():
-    os.environ["RAY_AUTH_MODE"] = "token"
     from ray.job_submission import JobSubmissionClient
 
     cluster = _cluster()
@@ -77,8 +84,11 @@ def up(num_cpus: int | None, num_gpus: int | None, port: int, dashboard_port: in
         cluster = json.loads(cluster_file().read_text())
         print(f"a Ray cluster is already up: {cluster['address']} (dashboard {cluster['dashboard']})")
         return cluster
+    # The job agent's HTTP port is fixed by default (52365): any other Ray on this machine would
+    # hold it, and jobs could never be submitted. A free one avoids that.
     command = [_ray_cli(), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
+               f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={_free_port()}",
+               "--disable-usage-stats"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
@@ -161,11 +171,18 @@ def submit(job: str, config: Path | None, overrides: list[str], wait: bool) -> s
     for override in overrides:
         entrypoint += ["--set", override]
     client = _job_client()
-    submission_id = client.submit_job(
-        entrypoint=shlex.join(entrypoint),
-        runtime_env={"working_dir": str(REPO_ROOT), "env_vars": worker_env(),
-                     "excludes": [".venv", ".git", "benchmarks/results", "*.egg-info"]},
-    )
+    runtime_env = {"working_dir": str(REPO_ROOT), "env_vars": worker_env(),
+                   "excludes": [".venv", ".git", "benchmarks/results", "*.egg-info"]}
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            submission_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env)
+            break
+        except RuntimeError as error:
+            # A head that has just started answers before its job agent does.
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise SoloError(f"the cluster refused the job: {str(error).splitlines()[0]}") from None
+            time.sleep(2)
     print(submission_id, flush=True)
     if wait:
         status = follow(submission_id)
@@ -193,7 +210,6 @@ def status() -> None:
     client = _job_client()
     import ray
 
-    os.environ["RAY_AUTH_MODE"] = "token"
     ray.init(address=cluster["address"], logging_level="ERROR", log_to_driver=False)
     try:
         total, free = ray.cluster_resources(), ray.available_resources()
@@ -262,7 +278,18 @@ def serve(args: argparse.Namespace) -> None:
     serve_forever(serve_config(args))
 
 
-def demo(port: int) -> None:
+def report(run_name: str, config: Path | None) -> None:
+    from solo.config import PipelineConfig
+    from solo.report import write_report
+
+    run = RunStore.named(run_name)
+    if not run.root.is_dir():
+        raise SoloError(f"no run named {run_name!r} in {solo_home() / 'runs'}")
+    settings = load_config(PipelineConfig, config or REPO_ROOT / "configs" / "pipelines" / "demo.yaml").evaluate
+    print(f"report card: {write_report(run, settings)}")
+
+
+def demo(port: int, overrides: list[str]) -> None:
     """`make demo`: a cluster, the demo pipeline as a Ray job, then the model served and asked."""
     started_cluster = not cluster_file().is_file()
     if started_cluster:
@@ -270,11 +297,11 @@ def demo(port: int) -> None:
     try:
         config_path = REPO_ROOT / "configs" / "pipelines" / "demo.yaml"
         print("\n== training: the demo pipeline as a Ray job ==", flush=True)
-        submit("pipeline", config_path, [], wait=True)
         from solo.config import PipelineConfig
         from solo.pipeline import exported_model_dir
 
-        run_name = load_config(PipelineConfig, config_path).run
+        run_name = load_config(PipelineConfig, config_path, overrides).run  # a bad --set fails here, first
+        submit("pipeline", config_path, overrides, wait=True)
         model = exported_model_dir(RunStore.named(run_name), run_name)
         print(f"\n== serving {model} ==", flush=True)
         ask(ServeConfig(model=str(model), port=port))
@@ -290,7 +317,8 @@ def ask(config: ServeConfig) -> None:
 
     question = "What does the function json.dumps do?"
     with serving(config) as base_url:
-        client = OpenAI(base_url=base_url, api_key=os.environ.get("SOLO_API_KEY", "none"))
+        api_key = (os.environ.get("SOLO_API_KEYS") or "none").split(",")[0].strip()
+        client = OpenAI(base_url=base_url, api_key=api_key)
         model = client.models.list().data[0].id
         reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
                                                max_tokens=60, temperature=0)
@@ -338,14 +366,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    p = commands.add_parser("report", help="write a run's report card (report.md and plots)")
+    p.add_argument("run", help="the run's name (its folder in $SOLO_HOME/runs)")
+    p.add_argument("--config", type=Path, help="the pipeline config whose evaluate.cost prices the run")
+
     p = commands.add_parser("demo", help="train the demo model as a Ray job, serve it, ask it a question")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of configs/pipelines/demo.yaml")
     return root
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, in a log file too
+    # Every cluster solo starts or joins uses token authentication, and Ray reads the mode once,
+    # when it is first imported: so before any command imports it.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     if args.command == "up":
         up(args.num_cpus, args.num_gpus, args.port, args.dashboard_port)
     elif args.command == "down":
@@ -358,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         logs(args.submission_id, args.follow)
     elif args.command == "serve":
         serve(args)
+    elif args.command == "report":
+        report(args.run, args.config)
     elif args.command == "demo":
-        demo(args.port)
+        demo(args.port, args.overrides)
     return 0
 
 

@@ -135,10 +135,44 @@ class FinetuneConfig(TrainConfig):
 # ---------------------------------------------------------------- evaluation
 
 
+EvalTask = Literal["mmlu", "arc_challenge", "gsm8k"]
+
+
+class CostConfig(Schema):
+    """What the run cost: its machine-hours at this draw and price (the report card's last table)."""
+
+    watts: float = Field(default=450.0, gt=0, description="the machine's draw under load; an RTX 4090 board is 450 W")
+    price_per_kwh: float = Field(default=0.30, ge=0)
+    currency: str = "USD"
+
+
+class ShotsConfig(Schema):
+    """Worked examples before each question, taken in order from the task's dev (MMLU, ARC) or train
+    (GSM8K) split, as lm-evaluation-harness does. MMLU is usually reported 5-shot and GSM8K 8-shot."""
+
+    mmlu: int = Field(default=5, ge=0)
+    arc_challenge: int = Field(default=0, ge=0)
+    gsm8k: int = Field(default=8, ge=0)
+
+
 class EvalConfig(Schema):
     max_documents: int = Field(default=200, ge=1, description="held-out documents scored for bits per byte")
     prompts: list[str] = ["What does json.dumps do?"]
     max_new_tokens: int = Field(default=48, ge=1)
+    # Benchmarks, read from local files (solo.evals). The defaults keep the demo's evaluate stage
+    # within seconds on two CPU cores (a fixed 50-question sample; GSM8K's generation left out);
+    # numbers to publish set max_questions: null.
+    tasks: list[EvalTask] = ["mmlu", "arc_challenge"]
+    data_root: str = Field(default="../shared/data", description="benchmark files; relative paths from the repo root")
+    shots: ShotsConfig = ShotsConfig()
+    max_questions: int | None = Field(default=50, ge=1, description="a fixed seeded sample per task; null: all")
+    batch_size: int = Field(default=16, ge=1, description="sequences per forward pass (scoring and generation)")
+    gsm8k_max_new_tokens: int = Field(default=256, ge=1)
+    seed: int = Field(default=0, description="picks the question sample")
+    cost: CostConfig = CostConfig()
+
+    def data_path(self) -> Path:
+        return (REPO_ROOT / Path(self.data_root).expanduser()).resolve()
 
 
 # ---------------------------------------------------------------- the whole pipeline
@@ -164,7 +198,12 @@ class ServeConfig(Schema):
     port: int = Field(default=8000, ge=1, le=65535)
     engine: Literal["auto", "cpu"] = "auto"
     max_new_tokens: int = Field(default=256, ge=1, description="default max_tokens when a request sets none")
-    max_concurrent: int = Field(default=16, ge=1)
+    max_concurrent: int = Field(default=16, ge=1, description="sequences the engine decodes in one batch")
+    replica_cpus: int = Field(default=1, ge=1, description="cores of the model replica (its torch threads)")
+    api_keys_file: str | None = Field(default=None, description="keys, one a line; $SOLO_API_KEYS adds more")
+    rate_limit_rpm: int = Field(default=0, ge=0, description="requests a minute per key; 0: no limit")
+    max_queue: int = Field(default=256, ge=1, description="generations in flight before the server answers 503")
+    max_request_bytes: int = Field(default=1 << 20, ge=1024)
 
 
 # ---------------------------------------------------------------- loading

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -43,3 +44,50 @@ def main_guard(main: Callable[..., int | None]) -> Callable[..., int]:
             return 130
 
     return guarded
+
+
+# Which folder of configs/ holds each stage's YAML (validated by that section's schema).
+STAGE_CONFIG_FOLDER = {"prepare_data": "data", "tokenizer": "tokenizer", "tokenize": "tokenize",
+                       "pretrain": "pretrain", "finetune": "finetune", "evaluate": "eval"}
+
+
+def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from: str | None = None,
+              model_from: str | None = None) -> int:
+    """A pipeline stage as its own job: `--config` holds that stage's settings alone (top-level
+    keys, e.g. `--set vocab_size=8000`), `--run` names the run whose upstream stages it reads,
+    `--data`/`--model` point it at other folders instead, and `--output` elsewhere to write."""
+
+    @main_guard
+    def main() -> int:
+        from solo.config import DataConfig, InputSpec, PipelineConfig, default_config_path, load_config
+        from solo.pipeline import STAGE_BY_NAME, run_stage
+        from solo.store import RunStore
+
+        section = STAGE_BY_NAME[stage].section
+        parser = job_parser(doc, inputs=stage in ("prepare_data", "tokenizer"),
+                            data=data_from is not None or stage == "finetune", model=model_from is not None)
+        parser.add_argument("--run", default="default", help="the run to read inputs from and write to")
+        args = parser.parse_args(argv)
+        if getattr(args, "inputs", None) and getattr(args, "data", None):
+            parser.error("--input and --data both name what to read: pass one")
+        schema = PipelineConfig.model_fields[section].annotation
+        default = default_config_path(STAGE_CONFIG_FOLDER[stage])
+        settings = load_config(schema, args.config or (default if default.is_file() else None), args.overrides)
+        if stage == "prepare_data" and args.inputs:
+            settings = settings.model_copy(update={"inputs": [InputSpec(path=p, domain="user") for p in args.inputs]})
+        if stage == "finetune" and args.data:
+            settings = settings.model_copy(update={"data": str(args.data)})
+        # The tokenizer reads raw inputs itself, one domain per input so its report compares them.
+        raw = ({"data": DataConfig(inputs=[InputSpec(path=p, domain=Path(p).name) for p in args.inputs])}
+               if stage == "tokenizer" and args.inputs else {})
+        config = PipelineConfig(run=args.run, **{section: settings}, **raw)
+        inputs = {}
+        if data_from and getattr(args, "data", None):
+            inputs[data_from] = args.data.expanduser().resolve()
+        if model_from and args.model:
+            inputs[model_from] = args.model.expanduser().resolve()
+        manifest = run_stage(stage, config, RunStore.named(args.run), inputs, args.output, from_raw_inputs=bool(raw))
+        print(json.dumps(manifest.metrics, indent=2))
+        return 0
+
+    return main()

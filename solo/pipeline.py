@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from solo.config import PipelineConfig, Schema
+from solo.config import PipelineConfig
 from solo.errors import SoloError
+from solo.runtime import init_ray
 from solo.store import Manifest, RunStore, read_manifest, staged_output
 
 
@@ -50,6 +51,11 @@ def _data_texts(data_dir: Path):
         yield from zip(batch.column("id").to_pylist(), batch.column("text").to_pylist())
 
 
+def model_dir(folder: Path) -> Path:
+    """The Hugging Face folder inside a training stage's output, or the folder itself (one of the user's)."""
+    return folder / "model" if (folder / "model" / "config.json").is_file() else folder
+
+
 def run_prepare_data(ctx: StageContext) -> dict:
     from solo import data
 
@@ -57,15 +63,18 @@ def run_prepare_data(ctx: StageContext) -> dict:
 
 
 def run_tokenizer(ctx: StageContext) -> dict:
+    """BPE on a hash-spread sample of the prepared data's training documents or, with no data stage
+    upstream (`jobs.train_tokenizer --input`), of the raw inputs in `config.data.inputs`."""
+    import functools
+
     from solo import tokenizer as tok
 
-    cfg = ctx.config.tokenizer
-    started = time.time()
-    texts = tok.sample_texts((text for _, text in _data_texts(ctx.inputs["prepare_data"])), cfg.sample_bytes)
-    trained = tok.train_bpe(texts, cfg.vocab_size, cfg.min_frequency)
-    trained.save_pretrained(str(ctx.output))
-    ctx.log(f"tokenizer: {len(trained):,} tokens trained in {time.time() - started:.1f} s")
-    return {"vocab_size": len(trained), "seconds": round(time.time() - started, 2)}
+    if "prepare_data" in ctx.inputs:
+        documents = functools.partial(tok.prepared_documents, ctx.inputs["prepare_data"] / "data")
+    else:
+        documents = functools.partial(tok.raw_documents, ctx.config.data.inputs)
+    return tok.train_stage(documents, ctx.config.tokenizer, ctx.config.tokenize.val_fraction, ctx.output,
+                           progress=ctx.log)
 
 
 def run_tokenize(ctx: StageContext) -> dict:
@@ -104,12 +113,15 @@ def run_finetune(ctx: StageContext) -> dict:
             f"{rows['skipped']:,} skipped")
     job = TrainJob(config=cfg, train_dir=str(ctx.output / "rows" / "train"), val_dir=str(ctx.output / "rows" / "val"),
                    tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output),
-                   init_model_dir=str(ctx.inputs["pretrain"] / "model"))
+                   init_model_dir=str(model_dir(ctx.inputs["pretrain"])))
     return {**run_training(job), **rows}
 
 
 def run_evaluate(ctx: StageContext) -> dict:
+    """Bits per byte of both models on held-out text; the benchmarks (evaluate.tasks) and sample
+    answers on the fine-tuned one, the model the run ships."""
     from solo import evaluate
+    from solo.evals.suite import run_tasks
     from solo.tokens import is_validation
 
     cfg = ctx.config.evaluate
@@ -121,11 +133,18 @@ def run_evaluate(ctx: StageContext) -> dict:
     report = ["# Evaluation", "", f"Bits per byte on {len(held_out)} held-out documents.", "",
               "| model | bits per byte | perplexity |", "| --- | ---: | ---: |"]
     for stage in ("pretrain", "finetune"):
-        model, tokenizer = evaluate.load_model(ctx.inputs[stage] / "model")
+        model, tokenizer = evaluate.load_model(model_dir(ctx.inputs[stage]))
         scores = evaluate.bits_per_byte(model, tokenizer, held_out, seq_len=ctx.config.tokenize.seq_len)
         metrics[f"{stage}_bits_per_byte"] = round(scores["bits_per_byte"], 4)
         metrics[f"{stage}_perplexity"] = round(scores["perplexity"], 2)
         report.append(f"| {stage} | {scores['bits_per_byte']:.4f} | {scores['perplexity']:.2f} |")
+    tasks = run_tasks(model, tokenizer, cfg, ctx.output, ctx.log)
+    if tasks:
+        report += ["", "## Benchmarks (fine-tuned model)", "", "| task | shots | questions | accuracy |",
+                   "| --- | ---: | ---: | ---: |"]
+    for name, result in tasks.items():
+        metrics[f"{name}_accuracy"] = result["accuracy"]
+        report.append(f"| {name} | {result['settings']['shots']} | {result['n']} | {100 * result['accuracy']:.1f} |")
     report += ["", "## Sample answers (fine-tuned model, greedy)", ""]
     samples = []
     for prompt in cfg.prompts:
@@ -144,7 +163,7 @@ def run_export(ctx: StageContext) -> dict:
     from solo import evaluate
 
     target = ctx.output / ctx.config.run
-    shutil.copytree(ctx.inputs["finetune"] / "model", target)
+    shutil.copytree(model_dir(ctx.inputs["finetune"]), target)
     model, tokenizer = evaluate.load_model(target)
     reply = evaluate.answer(model, tokenizer, ctx.config.evaluate.prompts[0], 16)
     size = sum(f.stat().st_size for f in target.iterdir())
@@ -168,7 +187,7 @@ def exported_model_dir(run: RunStore, run_name: str) -> Path:
     return run.stage_dir("export") / run_name
 
 
-def _raw_input_keys(config: PipelineConfig) -> dict[str, str]:
+def raw_input_keys(config: PipelineConfig) -> dict[str, str]:
     """What identifies the raw inputs: a changed file reruns the data stage."""
     keys = {}
     for spec in config.data.inputs:
@@ -184,37 +203,65 @@ def _raw_input_keys(config: PipelineConfig) -> dict[str, str]:
     return keys
 
 
-def _stage_config(config: PipelineConfig, stage: Stage) -> Schema:
-    section = getattr(config, stage.section) if stage.section else config
-    return section
+def _config_hash(config: PipelineConfig, stage: Stage) -> str:
+    # The export's only setting is the run name (its folder); the others have their own section.
+    return getattr(config, stage.section).fingerprint() if stage.section else config.run
+
+
+def _input_key(folder: Path) -> str:
+    """An input's identity: the key of the stage that made it, else (a folder of the user's) its path."""
+    manifest = read_manifest(folder)
+    return manifest.key() if manifest and manifest.status == "complete" else str(folder.resolve())
+
+
+def execute(stage: Stage, config: PipelineConfig, run: RunStore, inputs: dict[str, Path], input_keys: dict[str, str],
+            final: Path) -> Manifest:
+    """Run one stage into `final`, or skip it when its manifest there matches; returns that manifest."""
+    config_hash = _config_hash(config, stage)
+    existing = read_manifest(final)
+    if existing and existing.status == "complete" and existing.config_hash == config_hash \
+            and existing.inputs == input_keys:
+        print(f"↷ {stage.name}: up to date ({final})", flush=True)
+        return existing
+    print(f"▶ {stage.name}", flush=True)
+    manifest = Manifest(stage=stage.name, status="running", config_hash=config_hash, inputs=input_keys,
+                        started_at=time.time())
+    with staged_output(final, manifest) as output:
+        manifest.metrics = stage.run(StageContext(config, run, output, inputs))
+    print(f"✓ {stage.name} in {manifest.duration_s:.1f} s → {final}", flush=True)
+    return manifest
 
 
 def run_pipeline(config: PipelineConfig, run: RunStore, until: str | None = None) -> dict[str, Manifest]:
     """Run every stage in order (up to `until`); returns each stage's manifest."""
     done: dict[str, Manifest] = {}
-    raw_keys = _raw_input_keys(config)
+    raw_keys = raw_input_keys(config)  # a missing input fails here, before Ray starts
+    init_ray()
     print(f"run {config.run}: {run.root}", flush=True)
     for stage in STAGES:
-        # The export's config is the run name (its folder); the others' is their own section.
-        config_hash = _stage_config(config, stage).fingerprint() if stage.section else config.run
-        inputs = {name: done[name].key() for name in stage.upstream}
-        if stage.name == "prepare_data":
-            inputs = raw_keys
-        final = run.stage_dir(stage.folder)
-        existing = run.manifest(stage.folder)
-        if existing and existing.config_hash == config_hash and existing.inputs == inputs:
-            print(f"↷ {stage.name}: up to date ({final})", flush=True)
-            done[stage.name] = existing
-        else:
-            print(f"▶ {stage.name}", flush=True)
-            manifest = Manifest(stage=stage.name, status="running", config_hash=config_hash, inputs=inputs,
-                                started_at=time.time())
-            with staged_output(final, manifest) as output:
-                ctx = StageContext(config, run, output, {n: run.stage_dir(STAGE_BY_NAME[n].folder)
-                                                         for n in stage.upstream})
-                manifest.metrics = stage.run(ctx)
-            print(f"✓ {stage.name} in {manifest.duration_s:.1f} s → {final}", flush=True)
-            done[stage.name] = manifest
+        inputs = {name: run.stage_dir(STAGE_BY_NAME[name].folder) for name in stage.upstream}
+        keys = raw_keys if stage.name == "prepare_data" else {name: done[name].key() for name in stage.upstream}
+        done[stage.name] = execute(stage, config, run, inputs, keys, run.stage_dir(stage.folder))
         if stage.name == until:
             break
     return done
+
+
+def run_stage(name: str, config: PipelineConfig, run: RunStore, inputs: dict[str, Path] | None = None,
+              output: Path | None = None, from_raw_inputs: bool = False) -> Manifest:
+    """One stage on its own (`python -m jobs.<stage>`): its inputs are the run's upstream stages
+    unless `inputs` names other folders, or (`from_raw_inputs`, as the data stage always does) the
+    raw files of `config.data.inputs`; it writes to the run's stage folder unless `output` is given."""
+    stage = STAGE_BY_NAME[name]
+    if from_raw_inputs or name == "prepare_data":
+        folders, keys = {}, raw_input_keys(config)
+    else:
+        folders = {n: run.stage_dir(STAGE_BY_NAME[n].folder) for n in stage.upstream}
+        folders.update(inputs or {})
+        for upstream, folder in folders.items():
+            if not folder.exists():
+                raise SoloError(f"{name} reads the output of {upstream}, and there is none at {folder}: run "
+                                f"`python -m jobs.{upstream}` first (or the pipeline), or pass the folder to read")
+        keys = {n: _input_key(f) for n, f in folders.items()}
+    init_ray()
+    return execute(stage, config, run, folders, keys, output or run.stage_dir(stage.folder))

@@ -6,7 +6,8 @@
 
 Train and validation are split by document (a hash of its id), never inside one. The
 loader gives each of N workers a disjoint, deterministic slice of every global batch, and its
-position is a pair of integers that goes into the training checkpoint.
+position is a pair of integers that goes into the training checkpoint; it resumes at the next
+unseen row on the same or a different number of workers (what holds: `ShardLoader`).
 """
 
 from __future__ import annotations
@@ -167,8 +168,19 @@ class LoaderState:
 class ShardLoader:
     """Each global micro-batch is `workers × micro_batch` consecutive rows of a per-epoch permutation;
     worker `rank` takes its own `micro_batch` of them. All workers hold the same state, so a
-    checkpoint from any rank resumes every rank at the next unseen row, whatever the worker count
-    (rows already seen stay seen, as long as the new count divides the remaining rows evenly)."""
+    checkpoint from any rank resumes every rank.
+
+    The permutation depends on (seed, epoch) alone, and `position` counts rows of it consumed by
+    all workers together, so a state saved with W workers × m rows resumes with W' × m' (either
+    may change) and what holds is exact: with N rows and G' = W' × m',
+      - the first global micro-batch after resuming is rows position … position + G' − 1 of the
+        permutation: the next unseen ones; no row seen before the checkpoint comes again this epoch;
+      - the rest of the epoch is rows position … position + k·G' − 1, k = ⌊(N − position) / G'⌋,
+        split among the W' workers without overlap; the last (N − position) mod G' rows are not
+        seen this epoch (as every epoch's tail shorter than a global micro-batch is not);
+      - from the next epoch on, the order is exactly that of a run started with W' × m'.
+    With the same W and m, resuming repeats the uninterrupted run exactly. The state must be
+    taken between global micro-batches, i.e. after every rank has taken its share."""
 
     def __init__(self, shards: TokenShards, rank: int, workers: int, micro_batch: int, seed: int,
                  state: LoaderState | None = None):

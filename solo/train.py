@@ -3,8 +3,8 @@
 One loop serves pretraining and fine-tuning: rows of (input_ids, labels) in, a Hugging Face
 model out. The model is stock `LlamaForCausalLM`; ZeRO sharding and offload are applied to it
 from outside through the DeepSpeed config, which is generated from `TrainConfig` here and
-never kept by hand. The same `train_worker` runs under Ray Train (`run_training`) or, for
-debugging and GPU checks, under the `deepspeed` launcher (`python -m jobs.pretrain --launcher deepspeed`).
+never kept by hand. `train_worker` needs only torch.distributed and a `CheckpointSink`, so the
+loop itself does not depend on Ray; `run_training` drives it with Ray Train.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import resource
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -100,7 +98,7 @@ def host_peak_gb() -> float:
 
 
 class CheckpointSink:
-    """Where checkpoints go: Ray Train's storage under Ray, a folder under the deepspeed launcher."""
+    """Where checkpoints go (Ray Train's storage, under Ray)."""
 
     def latest(self) -> Path | None: ...
     def save(self, engine, step: int, client_state: dict, metrics: dict) -> None: ...
@@ -132,29 +130,6 @@ class RaySink(CheckpointSink):
         import ray.train
 
         ray.train.report(metrics)
-
-
-class FolderSink(CheckpointSink):
-    def __init__(self, folder: Path, keep: int, rank: int):
-        self.folder, self.keep, self.rank = folder, keep, rank
-
-    def latest(self):
-        done = sorted(self.folder.glob("step_*/complete"))
-        return done[-1].parent if done else None
-
-    def save(self, engine, step, client_state, metrics):
-        import torch.distributed as dist
-
-        target = self.folder / f"step_{step:08d}"
-        engine.save_checkpoint(str(target), tag=f"step_{step:08d}", client_state=client_state)
-        dist.barrier()
-        if self.rank == 0:
-            (target / "complete").touch()
-            for old in sorted(self.folder.glob("step_*"))[:-self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def report(self, metrics):
-        pass
 
 
 # ---------------------------------------------------------------- the loop
@@ -419,17 +394,6 @@ def run_training(job: TrainJob) -> dict:
     )
     result = trainer.fit()
     return _summary(Path(job.output_dir), result.metrics or {})
-
-
-def run_with_deepspeed_launcher(job: TrainJob) -> dict:
-    """Under `deepspeed` (or torchrun): the environment already names rank and world size."""
-    import deepspeed
-    import torch.distributed as dist
-
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda(job.config) else "gloo")
-    sink = FolderSink(Path(job.output_dir) / "checkpoints", job.config.keep_checkpoints, dist.get_rank())
-    metrics = train_worker(job, sink)
-    return _summary(Path(job.output_dir), metrics)
 
 
 def _summary(output: Path, last: dict) -> dict:

@@ -81,6 +81,10 @@ def test_solo_submit_runs_the_pipeline_to_the_end(cluster, first_run):
     assert 0 < evaluation["pretrain_bits_per_byte"] < 8  # better than a uniform guess over bytes
     status = subprocess.run([BIN / "solo", "status"], env=cluster["env"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert submission_id in status.stdout and "SUCCEEDED" in status.stdout
+    assert (cluster["home"] / "runs" / "demo" / "report" / "report.md").is_file()
+    assert "report card:" in first_run
+    logs = run([BIN / "solo", "logs", submission_id], cluster["env"])
+    assert "✓ export" in logs and "model ready" in logs
 
 
 def test_export_is_a_hugging_face_model_with_its_chat_template(cluster, first_run):
@@ -141,3 +145,12 @@ def test_solo_serve_answers_the_openai_client_and_stops_on_sigint(cluster, first
         output, _ = server.communicate(timeout=120)
     assert server.returncode == 0, output[-3000:]
     assert "solo: stopped" in output
+
+
+def test_solo_demo_skips_what_is_trained_then_serves_and_answers(cluster, first_run):
+    out = run([BIN / "solo", "demo", "--port", str(free_port()), *sets(SMALLEST)], cluster["env"])
+    for stage in STAGES:
+        assert f"↷ {stage.name}: up to date" in out
+    assert "Q: What does the function json.dumps do?" in out
+    assert "\nA: " in out and "curl http://127.0.0.1:" in out
+    assert json.loads((cluster["home"] / "cluster.json").read_text())  # a cluster it did not start stays up

@@ -1,15 +1,16 @@
-"""CpuEngine against Hugging Face's own `generate` on a real (untrained) tiny Llama."""
+"""CpuEngine against Hugging Face's own `generate` on a real (untrained) tiny Llama, alone and batched."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 
 import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from solo.serving.cpu_engine import CpuEngine
-from solo.serving.engine import SamplingParams
+from solo.serving.cpu_engine import CpuEngine, penalize
+from solo.serving.engine import EngineLoad, SamplingParams
 from solo.tokenizer import load, render_chat, stop_token_ids
 
 QUESTIONS = ["What does json.dumps do?", "Explain the for statement."]
@@ -105,43 +106,96 @@ def test_concurrent_requests_keep_their_own_cache(engine, tokenizer):
     assert [tokens for tokens, _ in asyncio.run(together())] == alone
 
 
-def test_a_closed_consumer_stops_its_generation(engine, tokenizer, monkeypatch):
-    steps = 0
+def count_forwards(engine, monkeypatch) -> list[int]:
+    """The batch size of every forward pass the engine makes, in order."""
+    sizes: list[int] = []
     forward = engine.model.forward
 
     def counting_forward(*args, **kwargs):
-        nonlocal steps
-        steps += 1
+        sizes.append(kwargs["input_ids"].shape[0])
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(engine.model, "forward", counting_forward)
+    return sizes
+
+
+def test_concurrent_requests_share_each_forward_pass(tiny_model_dir, tokenizer, monkeypatch):
+    engine = CpuEngine(tiny_model_dir, max_concurrent=8)
+    sizes = count_forwards(engine, monkeypatch)
+    prompts = [prompt(tokenizer, q) for q in QUESTIONS * 2]
+
+    async def together():
+        return await asyncio.gather(*(collect(engine, p, greedy(20)) for p in prompts))
+
+    assert all(len(tokens) == 20 for tokens, _ in asyncio.run(together()))
+    # One at a time would take 4 x 20 passes; batched, one prefill and 19 decode steps of all four.
+    assert sorted(sizes) == [4] * 20
+
+
+def test_a_request_joining_a_running_batch_decodes_as_if_alone(tiny_model_dir, tokenizer, monkeypatch):
+    engine = CpuEngine(tiny_model_dir, max_concurrent=8)
+    short, long = prompt(tokenizer, "Hi."), prompt(tokenizer, QUESTIONS[1] * 3)
+    alone = [asyncio.run(collect(engine, p, greedy(30)))[0] for p in (long, short, long)]
+    sizes = count_forwards(engine, monkeypatch)
+
+    async def staggered():
+        first = asyncio.create_task(collect(engine, long, greedy(30)))
+        while len(sizes) < 5:
+            await asyncio.sleep(0.001)
+        second = asyncio.create_task(collect(engine, short, greedy(30)))
+        while len(sizes) < 12:
+            await asyncio.sleep(0.001)
+        third = asyncio.create_task(collect(engine, long, greedy(30)))
+        return [tokens for tokens, _ in await asyncio.gather(first, second, third)]
+
+    assert asyncio.run(staggered()) == alone
+    assert max(sizes) == 3, "the three requests never ran in one batch"
+
+
+def test_penalties_push_down_tokens_already_generated():
+    counts = collections.Counter({3: 2, 5: 1})
+    logits = torch.zeros(8)
+    params = SamplingParams(max_tokens=1, presence_penalty=0.5, frequency_penalty=1.0)
+    assert penalize(logits, counts, params).tolist() == [0, 0, 0, -2.5, 0, -1.5, 0, 0]
+    assert penalize(logits, counts, SamplingParams(max_tokens=1)) is logits
+
+
+def test_a_closed_consumer_stops_its_generation(engine, tokenizer, monkeypatch):
+    sizes = count_forwards(engine, monkeypatch)
     ids = prompt(tokenizer, QUESTIONS[0])
 
-    async def read_two_then_leave():
+    async def read_two_then_leave() -> int:
         stream = engine.generate(ids, greedy(200))
         await anext(stream)
         await anext(stream)
         await stream.aclose()
-        await asyncio.sleep(0.2)
+        at_close = len(sizes)
+        await asyncio.sleep(0.3)
+        assert await engine.load() == EngineLoad(waiting=0, running=0)
+        return at_close
 
-    async def cancel_midway():
+    async def cancel_midway() -> int:
         async def consume():
             async for _ in engine.generate(ids, greedy(200)):
                 pass
 
         task = asyncio.create_task(consume())
-        while steps < 5:
+        while len(sizes) < 5:
             await asyncio.sleep(0.001)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.2)
+        at_cancel = len(sizes)
+        await asyncio.sleep(0.3)
+        assert await engine.load() == EngineLoad(waiting=0, running=0)
+        return at_cancel
 
-    asyncio.run(read_two_then_leave())
-    assert steps == 2
-    steps = 0
-    asyncio.run(cancel_midway())
-    assert 5 <= steps <= 6
+    # The scheduler runs at most the step under way past the consumer's leaving, not to max_tokens.
+    at_close = asyncio.run(read_two_then_leave())
+    assert len(sizes) <= at_close + 1 < 10
+    sizes.clear()
+    at_cancel = asyncio.run(cancel_midway())
+    assert len(sizes) <= at_cancel + 1 < 10
 
     async def fill_both_slots():
         return await asyncio.wait_for(asyncio.gather(*(collect(engine, ids, greedy(3)) for _ in range(2))), 30)

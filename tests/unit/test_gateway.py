@@ -112,7 +112,7 @@ def test_completion_renders_the_chat_template_and_hides_the_stop_token(tokenizer
     body = response.json()
     assert body["object"] == "chat.completion" and body["model"] == MODEL and body["id"].startswith("chatcmpl-")
     (choice,) = body["choices"]
-    assert choice["message"] == {"role": "assistant", "content": ANSWER}
+    assert choice["message"] == {"role": "assistant", "content": ANSWER, "tool_calls": None}
     assert choice["finish_reason"] == "stop"
     prompt_ids, params = engine.calls[0]
     assert prompt_ids == render_chat(tokenizer, USER, add_generation_prompt=True)[0]
@@ -194,7 +194,7 @@ def test_stream_chunks_concatenate_to_the_answer(tokenizer, answer_ids, include_
     chunks = payloads[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == MODEL for c in chunks)
     assert len({c["id"] for c in chunks}) == 1
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "tool_calls": None}
     if include_usage:
         *chunks, usage_chunk = chunks
         assert usage_chunk["choices"] == []
@@ -208,7 +208,7 @@ def test_stream_chunks_concatenate_to_the_answer(tokenizer, answer_ids, include_
     assert len([p for p in pieces if p]) > 5, "the answer should arrive in many pieces"
     finishes = [c["choices"][0]["finish_reason"] for c in chunks]
     assert finishes[-1] == "stop" and not any(finishes[:-1])
-    assert chunks[-1]["choices"][0]["delta"] == {"role": None, "content": None}
+    assert chunks[-1]["choices"][0]["delta"] == {"role": None, "content": None, "tool_calls": None}
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -9,6 +9,7 @@ from solo.serving.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
+    CompletionRequest,
     DeltaMessage,
     ErrorResponse,
     Usage,
@@ -64,12 +65,39 @@ def test_tools_are_dropped_when_tool_choice_is_none():
     assert request(tools=tools).template_tools() == [{"type": "function", "function": {
         "name": "f", "parameters": {"type": "object"}}}]
     assert request(tools=tools, tool_choice="none").template_tools() is None
-    assert request(tools=tools, tool_choice={"type": "function", "function": {"name": "f"}}).template_tools()
+    assert request(tools=tools, tool_choice="auto").parses_tool_calls
+    assert not request(tools=tools, tool_choice="none").parses_tool_calls
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
+def test_forcing_a_tool_call_is_refused_until_decoding_can_enforce_it(choice):
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    with pytest.raises(ValidationError, match="not supported"):
+        request(tools=tools, tool_choice=choice)
+
+
+def test_tool_choice_needs_tools_and_json_formats_are_refused():
+    with pytest.raises(ValidationError, match="only allowed when tools"):
+        request(tool_choice="auto")
+    for kind in ("json_object", "json_schema"):
+        with pytest.raises(ValidationError, match="not supported"):
+            request(response_format={"type": kind, "json_schema": {"name": "x", "schema": {}}})
+    assert request(response_format={"type": "text"}).response_format.type == "text"
+
+
+def test_completion_requests():
+    r = CompletionRequest.model_validate({"model": "m", "prompt": "Once"})
+    assert r.max_tokens == 16, "OpenAI's default for /v1/completions"
+    assert CompletionRequest.model_validate({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
+    for bad in ({"prompt": ["a", "b"]}, {"prompt": []}, {"prompt": "x", "echo": True}, {"prompt": "x", "best_of": 2},
+                {"prompt": "x", "logprobs": 2}, {"prompt": "x", "suffix": "y"}, {"prompt": 5}):
+        with pytest.raises(ValidationError):
+            CompletionRequest.model_validate({"model": "m", **bad})
 
 
 @pytest.mark.parametrize("fields", [
     {"temperature": "1"}, {"max_tokens": 1.5}, {"stream": 1}, {"seed": "7"}, {"n": 3},
-    {"presence_penalty": 0.5}, {"logprobs": True}, {"logit_bias": {"1": 5}}, {"top_p": 1.5},
+    {"presence_penalty": 2.5}, {"frequency_penalty": "1"}, {"logprobs": True}, {"top_logprobs": 2}, {"logit_bias": {"1": 5}}, {"top_p": 1.5},
     {"stream_options": {"include_usage": True}},
 ])
 def test_wrong_types_and_unsupported_values_are_refused(fields):
@@ -78,7 +106,7 @@ def test_wrong_types_and_unsupported_values_are_refused(fields):
 
 
 def test_neutral_and_unknown_fields_are_accepted():
-    r = request(n=1, logprobs=False, presence_penalty=0, frequency_penalty=0.0, user="u", x_custom=[1])
+    r = request(n=1, logprobs=False, presence_penalty=0.5, frequency_penalty=-1.0, user="u", x_custom=[1])
     assert r.n == 1 and not hasattr(r, "x_custom")
     assert request(stream=True, stream_options={"include_usage": True}).stream_options.include_usage
 
@@ -89,7 +117,8 @@ def test_wire_shapes():
     chunk = ChatCompletionChunk(id="c", created=1, model="m", choices=[ChunkChoice(delta=DeltaMessage(content="x"))])
     assert chunk.model_dump() == {
         "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "usage": None,
-        "choices": [{"index": 0, "delta": {"role": None, "content": "x"}, "finish_reason": None, "logprobs": None}],
+        "choices": [{"index": 0, "delta": {"role": None, "content": "x", "tool_calls": None}, "finish_reason": None,
+                     "logprobs": None}],
     }
     error = ErrorResponse.model_validate({"error": {"message": "m", "type": "t"}})
     assert error.model_dump() == {"error": {"message": "m", "type": "t", "param": None, "code": None}}

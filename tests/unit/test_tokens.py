@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from solo.tokens import LoaderState, Packer, ShardLoader, ShardWriter, TokenShards, is_validation
 
@@ -60,3 +61,39 @@ def test_validation_split_is_by_document_and_stable():
     val = [i for i in ids if is_validation(i, 0.1)]
     assert 120 < len(val) < 280
     assert val == [i for i in ids if is_validation(i, 0.1)]
+
+
+def numbered_rows(folder, rows, seq_len=4):
+    """Row i holds i everywhere, so a batch says exactly which rows it is."""
+    writer = ShardWriter(folder, seq_len, np.dtype(np.uint16), rows_per_shard=7)
+    for i in range(rows):
+        writer.add(np.full(seq_len, i))
+    writer.close()
+    return TokenShards(folder)
+
+
+def take(shards, workers, micro_batch, steps, state=None, seed=5):
+    """Row numbers each global micro-batch gives, all ranks together, and the state after them."""
+    loaders = [ShardLoader(shards, rank, workers, micro_batch, seed,
+                           state=LoaderState(**vars(state)) if state else None) for rank in range(workers)]
+    its = [iter(loader) for loader in loaders]
+    steps_taken = [[int(row[0]) for it in its for row in next(it)[0]] for _ in range(steps)]
+    return steps_taken, loaders[0].state
+
+
+@pytest.mark.parametrize("workers, micro_batch", [(3, 2), (1, 4), (4, 1)])
+def test_resume_on_a_different_worker_count_continues_at_the_next_unseen_row(tmp_path, workers, micro_batch):
+    shards = numbered_rows(tmp_path, rows=27)
+    before, state = take(shards, workers=2, micro_batch=3, steps=2)  # 12 rows of epoch 0 seen
+    order = np.random.default_rng([5, 0]).permutation(27).tolist()
+    assert [r for step in before for r in step] == order[:12]
+
+    global_micro = workers * micro_batch
+    in_epoch = (27 - 12) // global_micro
+    after, _ = take(shards, workers, micro_batch, steps=in_epoch + 2, state=state)
+    rest_of_epoch = [r for step in after[:in_epoch] for r in step]
+    assert rest_of_epoch == order[12:12 + in_epoch * global_micro]  # next unseen rows, each once
+    assert not set(rest_of_epoch) & set(order[:12])
+    # The next epoch is what a fresh run on the new worker count sees.
+    fresh, _ = take(shards, workers, micro_batch, steps=2, state=LoaderState(epoch=1, position=0))
+    assert after[in_epoch:] == fresh

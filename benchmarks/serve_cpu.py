@@ -1,0 +1,177 @@
+"""CPU serving throughput: the batching engine at 1, 4, 16 and 64 concurrent clients, and what the
+HTTP gateway (Ray Serve + the OpenAI layer, driven by the official client) costs on top.
+
+    .venv/bin/python benchmarks/serve_cpu.py                 # a random `demo` Llama, built here
+    .venv/bin/python benchmarks/serve_cpu.py --model PATH    # any exported HF folder
+
+Every request is the same chat prompt decoded greedily, so the engine and the served app produce
+the same tokens and their numbers compare like with like. The engine gets `--threads` cores, as a
+Serve replica with `num_cpus` of that many would. Results go to benchmarks/results/serve_cpu.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+QUESTION = [{"role": "user", "content": "What does json.dumps do? Explain with an example."}]
+
+
+def build_model(folder: Path, preset: str) -> Path:
+    """A random Llama with solo's tokenizer: the speed of a model does not depend on its training."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from solo import corpus
+    from solo.model import llama_config
+    from solo.tokenizer import stop_token_ids, train_bpe
+
+    tok = train_bpe((doc["text"] for doc in corpus.documents(max_documents=300)), vocab_size=4096, min_frequency=2)
+    config = llama_config(preset, vocab_size=len(tok), seq_len=1024, eos_token_id=stop_token_ids(tok))
+    config.initializer_range = 0.1  # varied output, as in the tests
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def summarize(concurrency: int, wall: float, ttfts: list[float], tokens: int) -> dict:
+    return {"concurrency": concurrency, "requests": len(ttfts), "output_tokens": tokens, "wall_s": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1), "ttft_p50_ms": round(1000 * percentile(ttfts, 50), 1),
+            "ttft_p99_ms": round(1000 * percentile(ttfts, 99), 1)}
+
+
+async def drive(concurrency: int, requests_per_client: int, one_request) -> dict:
+    """`concurrency` clients, each sending its requests back to back; `one_request` returns
+    (time to first token, output tokens)."""
+    ttfts, tokens = [], 0
+
+    async def client():
+        nonlocal tokens
+        for _ in range(requests_per_client):
+            ttft, n = await one_request()
+            ttfts.append(ttft)
+            tokens += n
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return summarize(concurrency, time.perf_counter() - start, ttfts, tokens)
+
+
+def bench_engine(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int) -> list[dict]:
+    from solo.serving.cpu_engine import CpuEngine
+    from solo.serving.engine import SamplingParams
+    from solo.tokenizer import load, render_chat, stop_token_ids
+
+    tokenizer = load(model)
+    prompt_ids = render_chat(tokenizer, QUESTION, add_generation_prompt=True)[0]
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, stop_token_ids=tuple(stop_token_ids(tokenizer)))
+    engine = CpuEngine(model, max_concurrent=max(levels), threads=threads)
+
+    async def one_request():
+        start, ttft, n = time.perf_counter(), None, 0
+        async for delta in engine.generate(prompt_ids, params):
+            ttft = ttft or time.perf_counter() - start
+            n += len(delta.token_ids)
+        return ttft, n
+
+    async def run_all():
+        await drive(1, 1, one_request)  # warm-up
+        return [await drive(c, rounds, one_request) for c in levels]
+
+    return asyncio.run(run_all())
+
+
+def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int) -> list[dict]:
+    import openai
+
+    from solo.config import ServeConfig
+    from solo.serving.run import serving
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = ServeConfig(model=str(model), name="bench", port=port, max_concurrent=max(levels),
+                         replica_cpus=threads, max_queue=4 * max(levels), rate_limit_rpm=0)
+    with serving(config) as url:
+        client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
+
+        async def one_request():
+            start, ttft, n = time.perf_counter(), None, 0
+            stream = await client.chat.completions.create(
+                model="bench", messages=QUESTION, max_tokens=max_tokens, temperature=0, stream=True,
+                stream_options={"include_usage": True})
+            async for chunk in stream:
+                if ttft is None and chunk.choices and chunk.choices[0].delta.content:
+                    ttft = time.perf_counter() - start
+                if chunk.usage:
+                    n = chunk.usage.completion_tokens
+            return ttft or time.perf_counter() - start, n
+
+        async def run_all():
+            await drive(1, 1, one_request)
+            results = [await drive(c, rounds, one_request) for c in levels]
+            await client.close()
+            return results
+
+        return asyncio.run(run_all())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="an exported HF folder; default: a random Llama built here")
+    parser.add_argument("--preset", default="demo", help="model size when building one (solo.model.PRESETS)")
+    parser.add_argument("--levels", default="1,4,16,64", help="concurrent clients")
+    parser.add_argument("--gateway-levels", default="1,16", help="levels at which to measure the served app")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="requests each client sends back to back")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, like a replica's num_cpus")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    gateway_levels = [int(x) for x in args.gateway_levels.split(",") if x]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or build_model(Path(tmp), args.preset)
+        engine = bench_engine(model, levels, args.max_tokens, args.threads, args.rounds)
+        served = bench_served(model, gateway_levels, args.max_tokens, args.threads, args.rounds) if gateway_levels else []
+
+    by_level = {r["concurrency"]: r for r in engine}
+    speedup = {c: round(by_level[c]["tokens_per_s"] / by_level[levels[0]]["tokens_per_s"], 2) for c in levels}
+    overhead = {s["concurrency"]: round(1 - s["tokens_per_s"] / by_level[s["concurrency"]]["tokens_per_s"], 3)
+                for s in served if s["concurrency"] in by_level}
+    report = {"model": str(args.model or f"random {args.preset}"), "max_tokens": args.max_tokens,
+              "threads": args.threads, "rounds": args.rounds, "engine": engine, "served": served,
+              "speedup_vs_1_client": speedup, "gateway_overhead_tokens_per_s": overhead}
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# CPU serving: {report['model']}, {args.max_tokens} tokens a request, {args.threads} thread(s)", "",
+             "| path | clients | requests | output tok/s | × one client | TTFT p50 ms | TTFT p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in engine:
+        lines.append(f"| engine | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | "
+                     f"{speedup[r['concurrency']]} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
+    for r in served:
+        lines.append(f"| HTTP (Ray Serve) | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | | "
+                     f"{r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
+    lines += ["", "Gateway overhead (1 − served tok/s ÷ engine tok/s): "
+              + ", ".join(f"{c} clients {100 * o:.1f}%" for c, o in overhead.items())]
+    (RESULTS / "serve_cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if 16 in speedup:
+        print(f"16 clients / 1 client tokens/s: {speedup[16]}x (goal >= 4x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Encoding throughput of the tokenize stage (Ray Data) on 1 and 2 cores, against one process.
+
+    .venv/bin/python -m benchmarks.tokenize_throughput [--copies 1]
+
+The same prepared parquet (real web text, WikiText-2 articles and Python's docs, `--copies` times
+over with fresh ids) is encoded and packed into shards three ways: a single-process loop of
+`solo.tokens.encode_batch` + the packer (the stage without Ray), then `solo.tokens.tokenize` on a
+private Ray with `num_cpus=1` and `num_cpus=2`. Goal: the stage scales with cores. The machine's
+load average is recorded beside each run: on a shared machine, other work takes cores from it.
+Writes benchmarks/results/tokenize_throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from benchmarks.tokenizer_train import RESULTS, real_documents
+from solo import tokenizer as tok
+from solo.config import TokenizeConfig
+from solo.tokens import Packer, ShardWriter, encode_batch, token_dtype, tokenize
+
+SETTINGS = TokenizeConfig()
+
+
+def write_parquet(folder: Path, copies: int, rows_per_file: int = 2000) -> int:
+    """The corpus as the data stage writes it, in several files so Ray Data has blocks to spread."""
+    documents = list(real_documents())
+    rows = [{"id": f"{doc_id}-{c}", "text": text} for c in range(copies) for doc_id, text, _ in documents]
+    folder.mkdir(parents=True)
+    for i in range(0, len(rows), rows_per_file):
+        pq.write_table(pa.Table.from_pylist(rows[i:i + rows_per_file]), folder / f"part_{i // rows_per_file:03d}.parquet")
+    return sum(len(r["text"].encode()) for r in rows)
+
+
+def single_process(data_dir: Path, tokenizer, output: Path) -> int:
+    """The stage's work with no Ray: encode batches of 256 in this process and pack them."""
+    packers = {split: Packer(ShardWriter(output / split, SETTINGS.seq_len, token_dtype(len(tokenizer)),
+                                         SETTINGS.rows_per_shard), tokenizer.eos_token_id)
+               for split in ("train", "val")}
+    tokens = 0
+    for batch in pads.dataset(str(data_dir), format="parquet").to_batches(columns=["id", "text"], batch_size=256):
+        encoded = encode_batch(batch.to_pydict(), tokenizer, SETTINGS.val_fraction)
+        for ids, val in zip(encoded["ids"], encoded["val"]):
+            packers["val" if val else "train"].add_document(ids)
+            tokens += len(ids) + 1
+    for packer in packers.values():
+        packer.close()
+    return tokens
+
+
+def with_ray(num_cpus: int, data_dir: Path, tokenizer, output: Path) -> tuple[int, float]:
+    """Tokens and seconds of `tokenize` on a private Ray of `num_cpus` (its start-up not timed)."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    try:
+        started = time.perf_counter()
+        metrics = tokenize(data_dir, tokenizer, output, SETTINGS.seq_len, SETTINGS.val_fraction,
+                           SETTINGS.rows_per_shard, progress=lambda _: None)
+        return metrics["tokens"], time.perf_counter() - started
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--copies", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        size = write_parquet(work / "data", args.copies)
+        sample = [text for _, text, _ in real_documents()][:400]
+        tok.train_bpe(sample, vocab_size=4096, min_frequency=2).save_pretrained(str(work / "tok"))
+        tokenizer = tok.load(work / "tok")
+        print(f"{size / 1e6:.1f} MB of text")
+
+        load = os.getloadavg()[0]
+        started = time.perf_counter()
+        tokens = single_process(work / "data", tokenizer, work / "single")
+        runs = {"single_process": {"tokens": tokens, "seconds": time.perf_counter() - started, "load_before": load}}
+        for cores in (1, 2):
+            load = os.getloadavg()[0]
+            tokens, seconds = with_ray(cores, work / "data", tokenizer, work / f"ray{cores}")
+            runs[f"ray_{cores}_cores"] = {"tokens": tokens, "seconds": seconds, "load_before": load}
+    for run in runs.values():
+        run["tokens_per_s"] = round(run["tokens"] / run["seconds"])
+        run["mb_per_s"] = round(size / 1e6 / run["seconds"], 3)
+        run["seconds"] = round(run["seconds"], 3)
+    assert len({r["tokens"] for r in runs.values()}) == 1, "every side must encode the same tokens"
+    base = runs["single_process"]["tokens_per_s"]
+    result = {
+        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
+        "bytes": size, "copies": args.copies, "vocab_size": len(tokenizer), "runs": runs,
+        "ray_2_over_1_cores": round(runs["ray_2_cores"]["tokens_per_s"] / runs["ray_1_cores"]["tokens_per_s"], 3),
+        "ray_2_cores_over_single_process": round(runs["ray_2_cores"]["tokens_per_s"] / base, 3),
+        "ray_1_core_over_single_process": round(runs["ray_1_cores"]["tokens_per_s"] / base, 3),
+        "goal": "scales with cores",
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tokenize_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "tokenize_throughput.md").write_text(markdown(result))
+    print(f"Ray 2 cores / 1 core {result['ray_2_over_1_cores']}; Ray 2 cores / single process "
+          f"{result['ray_2_cores_over_single_process']}")
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        "# Tokenize stage throughput: Ray Data on 1 and 2 cores against one process", "",
+        "`.venv/bin/python -m benchmarks.tokenize_throughput` on " + r["machine"] + ".", "",
+        f"{r['bytes'] / 1e6:.1f} MB of real text (web, WikiText-2, Python's docs; {r['copies']} copies) encoded with "
+        f"a {r['vocab_size']:,}-token BPE and packed into {SETTINGS.seq_len}-token rows. *single process* is "
+        "`encode_batch` + the packer in a loop, no Ray; the Ray runs are `solo.tokens.tokenize` on a private "
+        "`ray.init(num_cpus=N)`, its start-up not timed. All three produce the same tokens.", "",
+        "| run | seconds | tokens/s | MB/s | vs single process | load average before |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base = r["runs"]["single_process"]["tokens_per_s"]
+    for name, run in r["runs"].items():
+        lines.append(f"| {name.replace('_', ' ')} | {run['seconds']:.2f} | {run['tokens_per_s']:,} | "
+                     f"{run['mb_per_s']:.2f} | {run['tokens_per_s'] / base:.2f}× | {run['load_before']:.1f} |")
+    lines += ["", f"Ray on 2 cores over 1 core: **{r['ray_2_over_1_cores']}×** (goal: scales with cores)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Evaluate a model: bits per byte on held-out text, MMLU and ARC by log-likelihood, GSM8K by generation.
+
+    python -m jobs.evaluate --run demo                              the run's models, as the pipeline does
+    python -m jobs.evaluate --model ~/models/other-llama --task mmlu --task gsm8k
+    python -m jobs.evaluate --config configs/eval/default.yaml --data /data/benchmarks --set max_questions=null
+With --run, writes the run's eval/ (metrics.json, report.md, <task>/metrics.json); with --model, only
+the benchmarks, to --output (default $SOLO_HOME/evals/<model folder>). --data is where the benchmark
+files are (default: the config's data_root, ../shared/data from the repo root).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from solo.entry import job_parser, main_guard
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    from solo.config import EvalConfig, PipelineConfig, default_config_path, load_config
+
+    parser = job_parser(__doc__, model=True)
+    parser.add_argument("--run", default="default", help="the run whose models to evaluate (without --model)")
+    parser.add_argument("--task", dest="tasks", action="append", choices=["mmlu", "arc_challenge", "gsm8k"],
+                        help="a benchmark to run (repeatable; default: the config's `tasks`)")
+    parser.add_argument("--data", type=Path, help="folder of benchmark files (default: the config's data_root)")
+    args = parser.parse_args(argv)
+    default = default_config_path("eval")
+    config = load_config(EvalConfig, args.config or (default if default.is_file() else None), args.overrides)
+    update = {}
+    if args.tasks:
+        update["tasks"] = list(dict.fromkeys(args.tasks))
+    if args.data:
+        update["data_root"] = str(args.data.expanduser().resolve())
+    config = EvalConfig.model_validate({**config.model_dump(), **update})
+    if args.model:
+        results = evaluate_model(args.model.expanduser().resolve(), config, args.output)
+    else:
+        from solo.pipeline import run_stage
+        from solo.store import RunStore
+
+        results = run_stage("evaluate", PipelineConfig(run=args.run, evaluate=config), RunStore.named(args.run),
+                            output=args.output).metrics
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def evaluate_model(model: Path, config, output: Path | None) -> dict:
+    """The benchmarks alone, on any Hugging Face causal LM folder that solo's tokenizer loader reads."""
+    from solo.evaluate import load_model
+    from solo.evals.suite import run_tasks
+    from solo.store import solo_home
+
+    output = (output or solo_home() / "evals" / model.name).expanduser().resolve()
+    loaded, tokenizer = load_model(model)
+    results = run_tasks(loaded, tokenizer, config, output, log=_progress)
+    _progress(f"evaluate: wrote {output}")
+    return {name: {k: r[k] for k in ("accuracy", "n")} for name, r in results.items()}
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)   # stdout carries only the JSON result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""A benchmark run end to end: questions from local files, scored, and `<task>/metrics.json`
+written beside `<task>/samples.jsonl` (every question with what the model chose, for reading).
+
+The numbers are a function of the checkpoint and the settings alone: the question sample is
+seeded, decoding is greedy, and scoring runs in a fixed order, so a rerun gives the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from solo.config import EvalConfig
+from solo.evals import tasks
+from solo.evals.generate import greedy
+from solo.evals.likelihood import loglikelihoods
+from solo.evals.tasks import MissingData, Problem, Question
+
+
+def score_multiple_choice(model, tokenizer, questions: Sequence[Question], batch_size: int) -> tuple[dict, list[dict]]:
+    """Accuracy by the highest log-likelihood, and by the highest per byte of the choice (lm-eval's
+    `acc_norm`, which stops long answers losing for their length alone), overall and per subject."""
+    requests = [(q.context, choice) for q in questions for choice in q.choices]
+    scored = iter(loglikelihoods(model, tokenizer, requests, batch_size))
+    samples = []
+    for q in questions:
+        logprobs = [next(scored).logprob for _ in q.choices]
+        per_byte = [lp / len(c.encode()) for lp, c in zip(logprobs, q.choices)]
+        samples.append({"id": q.id, "subject": q.subject, "answer": q.answer, "chosen": _argmax(logprobs),
+                        "chosen_norm": _argmax(per_byte), "logprobs": [round(lp, 4) for lp in logprobs]})
+    subjects = sorted({s["subject"] for s in samples})
+    metrics = {**_accuracy(samples), "per_subject": {
+        subject: _accuracy([s for s in samples if s["subject"] == subject]) for subject in subjects}}
+    return metrics, samples
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))   # a tie goes to the first
+
+
+def _accuracy(samples: list[dict]) -> dict:
+    n = len(samples)
+    return {"accuracy": round(sum(s["chosen"] == s["answer"] for s in samples) / n, 6),
+            "accuracy_norm": round(sum(s["chosen_norm"] == s["answer"] for s in samples) / n, 6), "n": n}
+
+
+# lm-eval's gsm8k stops at the next question; a model that never learnt the format stops at a blank line.
+GSM8K_STOP = ("Question:", "\n\n")
+
+
+def score_gsm8k(model, tokenizer, problems: Sequence[Problem], batch_size: int, max_new_tokens: int
+                ) -> tuple[dict, list[dict]]:
+    """Exact match of the number after "#### " in the reply with the reference's."""
+    replies = greedy(model, tokenizer, [p.context for p in problems], max_new_tokens, batch_size, GSM8K_STOP)
+    samples = [{"id": p.id, "target": p.target, "extracted": tasks.gsm8k_answer(reply), "reply": reply}
+               for p, reply in zip(problems, replies)]
+    correct = sum(s["extracted"] == s["target"] for s in samples)
+    return {"accuracy": round(correct / len(samples), 6), "n": len(samples)}, samples
+
+
+def run_task(name: str, model, tokenizer, config: EvalConfig, output: Path) -> dict:
+    """One task on its configured sample; writes `output/<name>/{metrics.json,samples.jsonl}`."""
+    root, shots = config.data_path(), getattr(config.shots, name)
+    settings = {"shots": shots, "max_questions": config.max_questions, "seed": config.seed,
+                "batch_size": config.batch_size, "split": "test", "format": f"lm-evaluation-harness {name}"}
+    if name == "gsm8k":
+        problems = tasks.sample(tasks.gsm8k(root, shots), config.max_questions, config.seed)
+        settings["max_new_tokens"] = config.gsm8k_max_new_tokens
+        metrics, samples = score_gsm8k(model, tokenizer, problems, config.batch_size, config.gsm8k_max_new_tokens)
+    else:
+        load = {"mmlu": tasks.mmlu, "arc_challenge": tasks.arc_challenge}[name]
+        questions = tasks.sample(load(root, shots), config.max_questions, config.seed)
+        metrics, samples = score_multiple_choice(model, tokenizer, questions, config.batch_size)
+    metrics = {"task": name, **metrics, "settings": settings}
+    folder = output / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return metrics
+
+
+def run_tasks(model, tokenizer, config: EvalConfig, output: Path, log: Callable[[str], None] = print
+              ) -> dict[str, dict]:
+    """Every configured task whose files are present; a missing one is reported and skipped, so a
+    machine without the benchmark files still evaluates bits per byte."""
+    results = {}
+    for name in config.tasks:
+        try:
+            results[name] = run_task(name, model, tokenizer, config, output)
+        except MissingData as missing:
+            log(f"evaluate: {name} skipped: {missing}")
+            continue
+        log(f"evaluate: {name} accuracy {results[name]['accuracy']:.3f} on {results[name]['n']} questions "
+            f"({getattr(config.shots, name)}-shot)")
+    return results

@@ -1,0 +1,261 @@
+"""Continuous batching on CPU over a stock Hugging Face Llama.
+
+One scheduler task per event loop owns every running sequence. Each iteration prefills the
+requests that arrived since the last one (together, left-padded) and advances every running
+sequence by one token in a single batched forward, so sixteen clients cost about as many matrix
+multiplies as one: a decode step is bound by reading the weights, not by the batch size.
+
+The running sequences share one KV cache, right-aligned: row i's tokens fill the last
+`length_i` columns and the columns before them are padding the attention mask hides. Sequences
+join by padding the shorter side on the left, leave by dropping their row, and columns that
+only padding still occupies are cut away, so the cache never grows past the longest sequence.
+
+Forward passes run on one worker thread: torch already spreads a pass over every core it is
+given, and the event loop stays free to stream tokens and take new requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, LlamaForCausalLM
+
+from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def cpu_budget() -> int:
+    """Ray exports OMP_NUM_THREADS as an actor's `num_cpus`; outside Ray, every core we may use."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(eq=False)
+class _Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    budget: int  # tokens it may still produce: max_tokens, capped by the context window
+    out: asyncio.Queue  # Delta, or the exception that ended it
+    rng: torch.Generator
+    counts: collections.Counter = field(default_factory=collections.Counter)  # for the penalties
+    produced: int = 0
+    last_token: int = -1  # sampled, not yet fed back
+    abandoned: bool = False  # its consumer went away
+
+
+class _Batch:
+    """The running sequences and their shared, right-aligned KV cache."""
+
+    def __init__(self) -> None:
+        self.sequences: list[_Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, columns]: 1 where a real token is
+        self.positions = torch.zeros(0, dtype=torch.long)  # the next position of each row
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def keep(self, rows: list[int]) -> None:
+        if len(rows) == len(self.sequences):
+            return
+        self.sequences = [self.sequences[i] for i in rows]
+        if not rows:
+            self.__init__()
+            return
+        index = torch.tensor(rows)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.cache.batch_select_indices(index)
+        # Cut the leading columns no row uses any more.
+        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())
+        if unused:
+            self.mask = self.mask[:, unused:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+    def join(self, other: _Batch) -> None:
+        if not self.sequences:
+            self.sequences, self.cache, self.mask, self.positions = (
+                other.sequences, other.cache, other.mask, other.positions)
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.sequences += other.sequences
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero columns before the time axis's first: dim 1 of a mask, dim 2 of keys and values."""
+    time_dim = 1 if tensor.dim() == 2 else 2
+    missing = width - tensor.shape[time_dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[time_dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=time_dim)
+
+
+class CpuEngine(Engine):
+    def __init__(self, model_dir: str | Path, max_concurrent: int = 16, threads: int | None = None):
+        torch.set_num_threads(threads or cpu_budget())
+        self.model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.max_context = self.model.config.max_position_embeddings
+        self.max_batch = max_concurrent  # every running sequence holds a row of the KV cache
+        self._forward = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-engine")
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._batch = _Batch()
+        self._wakeup: asyncio.Event | None = None
+        self._scheduler: asyncio.Task | None = None
+
+    async def load(self) -> EngineLoad:
+        return EngineLoad(waiting=sum(not s.abandoned for s in self._waiting), running=len(self._batch))
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+        if not 0 < len(prompt_ids) < self.max_context:
+            raise ValueError(f"a prompt must have 1 to {self.max_context - 1} tokens, not {len(prompt_ids)}")
+        rng = torch.Generator()
+        if params.seed is None:
+            rng.seed()
+        else:
+            rng.manual_seed(params.seed)
+        sequence = _Sequence(list(prompt_ids), params, min(params.max_tokens, self.max_context - len(prompt_ids)),
+                             asyncio.Queue(), rng)
+        self._ensure_scheduler()
+        self._waiting.append(sequence)
+        self._wakeup.set()
+        try:
+            while True:
+                delta = await sequence.out.get()
+                # A consumer that fell behind (a busy gateway, a slow client) takes every token
+                # waiting for it in one delta: one message per token would only fall further behind.
+                while not isinstance(delta, BaseException) and delta.finish_reason is None and not sequence.out.empty():
+                    more = sequence.out.get_nowait()
+                    delta = more if isinstance(more, BaseException) else Delta(
+                        delta.token_ids + more.token_ids, more.finish_reason)
+                if isinstance(delta, BaseException):
+                    raise delta
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+        finally:
+            sequence.abandoned = True  # the scheduler drops it before its next step
+
+    def _ensure_scheduler(self) -> None:
+        """One scheduler per event loop; a new loop (a test's next `asyncio.run`) starts afresh."""
+        loop = asyncio.get_running_loop()
+        if self._scheduler is not None and self._scheduler.get_loop() is loop and not self._scheduler.done():
+            return
+        self._waiting.clear()
+        self._batch = _Batch()
+        self._wakeup = asyncio.Event()
+        self._scheduler = loop.create_task(self._schedule(), name="cpu-engine-scheduler")
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._batch.keep([i for i, s in enumerate(self._batch.sequences) if not s.abandoned])
+            joining = []
+            while self._waiting and len(self._batch) + len(joining) < self.max_batch:
+                sequence = self._waiting.popleft()
+                if not sequence.abandoned:
+                    joining.append(sequence)
+            if not joining and not self._batch.sequences:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            running = list(self._batch.sequences)
+            try:
+                # A cancelled await leaves the step to finish on the thread; its results are dropped
+                # with the sequences that no longer want them.
+                logits = await loop.run_in_executor(self._forward, self._step, joining)
+            except Exception as error:
+                log.exception("a forward pass failed")
+                for sequence in running + joining:
+                    sequence.out.put_nowait(error)
+                self._batch = _Batch()
+                continue
+            finished = {i for i, s in enumerate(self._batch.sequences) if self._emit(s, logits[i])}
+            self._batch.keep([i for i in range(len(self._batch)) if i not in finished])
+
+    @torch.inference_mode()
+    def _step(self, joining: list[_Sequence]) -> torch.Tensor:
+        """Logits [rows, vocab] for the next token of every running sequence, old rows then new."""
+        logits = []
+        if self._batch.sequences:
+            batch = self._batch
+            batch.mask = torch.cat([batch.mask, torch.ones(len(batch), 1, dtype=torch.long)], dim=1)
+            out = self.model(input_ids=torch.tensor([[s.last_token] for s in batch.sequences]),
+                             attention_mask=batch.mask, position_ids=batch.positions[:, None],
+                             past_key_values=batch.cache, use_cache=True)
+            batch.positions = batch.positions + 1
+            logits.append(out.logits[:, -1])
+        if joining:
+            newcomers, first = self._prefill(joining)
+            logits.append(first)
+            self._batch.join(newcomers)
+        return torch.cat(logits)
+
+    def _prefill(self, joining: list[_Sequence]) -> tuple[_Batch, torch.Tensor]:
+        width = max(len(s.prompt_ids) for s in joining)
+        ids = torch.tensor([[0] * (width - len(s.prompt_ids)) + s.prompt_ids for s in joining])
+        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in joining])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        batch = _Batch()
+        batch.sequences, batch.mask, batch.positions = list(joining), mask, mask.sum(1)
+        batch.cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=batch.cache,
+                         use_cache=True, logits_to_keep=1)
+        return batch, out.logits[:, -1]
+
+    def _emit(self, sequence: _Sequence, logits: torch.Tensor) -> bool:
+        """Sample the sequence's next token and hand it over; True when the sequence is done."""
+        if sequence.abandoned:
+            return True
+        token = sample(penalize(logits, sequence.counts, sequence.params), sequence.params.temperature,
+                       sequence.params.top_p, sequence.rng)
+        sequence.produced += 1
+        sequence.counts[token] += 1
+        sequence.last_token = token
+        if token in sequence.params.stop_token_ids:
+            finish = "stop"
+        elif sequence.produced >= sequence.budget:
+            finish = "length"
+        else:
+            finish = None
+        sequence.out.put_nowait(Delta([token], finish))
+        return finish is not None
+
+
+def penalize(logits: torch.Tensor, counts: collections.Counter, params: SamplingParams) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties over the tokens generated so far."""
+    if not counts or not (params.presence_penalty or params.frequency_penalty):
+        return logits
+    ids = torch.tensor(list(counts))
+    seen = torch.tensor(list(counts.values()), dtype=logits.dtype)
+    logits = logits.clone()
+    logits[ids] -= params.presence_penalty + params.frequency_penalty * seen
+    return logits
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        probs, order = probs.sort(descending=True)
+        # The smallest set of likeliest tokens whose mass reaches top_p; never empty.
+        probs = probs * (probs.cumsum(0) - probs < top_p)
+        return int(order[torch.multinomial(probs, 1, generator=rng)])
+    return int(torch.multinomial(probs, 1, generator=rng))

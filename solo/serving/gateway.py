@@ -1,0 +1,465 @@
+"""The OpenAI-compatible HTTP surface: one router per endpoint over an `Engine`.
+
+Everything textual happens here (chat template, detokenization, stop strings, tool-call markup),
+so the engine deals in token ids only and a test can hand `build_gateway` a fake one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from transformers import PreTrainedTokenizerBase
+
+from solo.serving.engine import Engine, SamplingParams
+from solo.serving.metrics import Metrics, RequestCounter, metrics_router
+from solo.serving.protocol import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatFinishReason,
+    Choice,
+    ChunkChoice,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ErrorDetail,
+    ErrorResponse,
+    FinishReason,
+    ModelCard,
+    ModelList,
+    ToolCallDelta,
+    Usage,
+    SamplingRequest,
+    completion_id,
+    now,
+)
+from solo.serving.security import Guard, Limits
+from solo.serving.tools import ToolCallStream
+from solo.tokenizer import render_chat, stop_token_ids
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(ErrorResponse(error=self.detail).model_dump(), status_code=self.status)
+
+
+_UNION_MEMBER_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _param(loc: tuple) -> str | None:
+    # Pydantic puts the union member it tried into a location ('str', 'list[TextPart]',
+    # 'NamedToolChoice'); OpenAI's `param` names fields and indices only.
+    parts = [str(p) for p in loc if isinstance(p, int) or (
+        p != "body" and p.isidentifier() and p.islower() and p not in _UNION_MEMBER_NAMES)]
+    return ".".join(parts) or None
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    """OpenAI names one offending parameter per error: report the most specific one."""
+    first = max(exc.errors(), key=lambda e: len(e["loc"]))
+    kind, param = first["type"], _param(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if kind == "json_invalid":
+        return APIError(400, "We could not parse the JSON body of your request: "
+                             f"{first.get('ctx', {}).get('error', message)}")
+    if param is None:
+        return APIError(400, "The request body must be a JSON object, sent as Content-Type: application/json.")
+    if kind == "missing":
+        return APIError(400, f"Missing required parameter: '{param}'.", param=param,
+                        code="missing_required_parameter")
+    code = "invalid_type" if kind.endswith(("_type", "_parsing")) else "invalid_value"
+    return APIError(400, f"Invalid value for '{param}': {message}.", param=param, code=code)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure leaves as an OpenAI error body; none leaves as a stack trace."""
+
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return APIError(500, "The server had an error while processing your request.",
+                        type="server_error").response()
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+# ---------------------------------------------------------------- text out of tokens
+
+
+class TextStream:
+    """Token ids in, text deltas out: the deltas concatenate to the decode of every id that is not
+    a stop token, a delta never ends inside a UTF-8 character, and a stop string is cut off
+    (text that might begin one is held back until it is known not to)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_token_ids: set[int], stop_strings: list[str]):
+        self._tokenizer = tokenizer
+        self._hidden = stop_token_ids
+        self._stops = stop_strings
+        self._hold = max((len(s) for s in stop_strings), default=1) - 1
+        self._ids: list[int] = []
+        self._prefix = self._read = 0  # ids[prefix:read] were already turned into text
+        self._pending = ""  # decoded but not yet emitted: it may start a stop string
+        self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def push(self, token_ids: list[int], final: bool) -> str:
+        """Text to emit now; `final` flushes what is held back. After a stop string, nothing."""
+        if self.stopped:
+            return ""
+        self._ids.extend(t for t in token_ids if t not in self._hidden)
+        # Re-decoding from the previous boundary lets a token's bytes join the ones before it.
+        done = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        if final or not text.endswith("\ufffd"):  # U+FFFD at the end: a character still incomplete
+            self._pending += text[len(done):]
+            self._prefix, self._read = self._read, len(self._ids)
+        return self._release(final)
+
+    def _release(self, final: bool) -> str:
+        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self._pending = self._pending[:min(hits)], ""
+            return out
+        cut = len(self._pending) if final else max(0, len(self._pending) - self._hold)
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
+
+
+# ---------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    finish_reason: FinishReason | None
+    completion_tokens: int  # so far
+
+
+class Admission:
+    """At most `limit` generations in flight at the gateway; one more is a 503, not a queue that
+    grows until every client times out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_flight = limit, 0
+
+    def enter(self) -> Callable[[], None]:
+        if self.in_flight >= self.limit:
+            raise APIError(503, "The server is overloaded with requests. Please retry shortly.",
+                           type="server_error", code="overloaded")
+        self.in_flight += 1
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left, self.in_flight = True, self.in_flight - 1
+
+        return leave
+
+
+class ModelService:
+    """One model behind the API: request checks every endpoint shares, and the engine's tokens
+    turned into text pieces, measured."""
+
+    def __init__(self, engine: Engine, tokenizer: PreTrainedTokenizerBase, model_name: str, max_new_tokens: int,
+                 metrics: Metrics, admission: Admission):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_new_tokens = max_new_tokens
+        self.metrics = metrics
+        self.admission = admission
+        self.stop_token_ids = tuple(stop_token_ids(tokenizer))
+        self.created = now()
+
+    def model_card(self) -> ModelCard:
+        return ModelCard(id=self.model_name, created=self.created, max_model_len=self.engine.max_context)
+
+    def check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+    def sampling(self, request: SamplingRequest, prompt_ids: list[int], asked: int | None,
+                 prompt_param: str) -> SamplingParams:
+        window = self.engine.max_context
+        room = window - len(prompt_ids)
+        if room < 1 or (asked is not None and asked > room):
+            wanted = (f"{len(prompt_ids) + asked} tokens ({len(prompt_ids)} in the {prompt_param}, {asked} in the "
+                      "completion)" if asked else
+                      f"{len(prompt_ids)} tokens in the {prompt_param}, which leaves no room for a completion")
+            raise APIError(400, f"This model's maximum context length is {window} tokens. However, you requested "
+                                f"{wanted}. Please reduce the length of the {prompt_param} or completion.",
+                           param=prompt_param, code="context_length_exceeded")
+        return SamplingParams(
+            max_tokens=asked or min(self.max_new_tokens, room),
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            seed=request.seed,
+            stop_token_ids=self.stop_token_ids,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+        )
+
+    async def run(self, prompt_ids: list[int], params: SamplingParams, stop_strings: list[str],
+                  leave: Callable[[], None]) -> AsyncIterator[Piece]:
+        """Text as the engine produces it; stops the engine at a stop string. Holds the request's
+        admission until it ends, however it ends."""
+        started, first, produced = time.perf_counter(), None, 0
+        text = TextStream(self.tokenizer, set(self.stop_token_ids), stop_strings)
+        try:
+            async with aclosing(self.engine.generate(prompt_ids, params)) as deltas:
+                async for delta in deltas:
+                    first = first or time.perf_counter()
+                    produced += len(delta.token_ids)
+                    piece = text.push(delta.token_ids, final=delta.finish_reason is not None)
+                    finish = "stop" if text.stopped else delta.finish_reason
+                    yield Piece(piece, finish, produced)
+                    if finish is not None:
+                        return
+            raise RuntimeError("the engine ended a generation without a finish reason")
+        finally:
+            leave()
+            self.metrics.generation(started, first, len(prompt_ids), produced)
+
+
+def _sse(payload: BaseModel) -> str:
+    return f"data: {payload.model_dump_json()}\n\n"
+
+
+async def _sse_stream(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield _sse(event)
+    except Exception:
+        # The status line has gone out already: the error travels in the stream instead.
+        log.exception("generation failed mid-stream")
+        yield _sse(ErrorResponse(error=ErrorDetail(message="The server had an error while generating.",
+                                                   type="server_error")))
+    yield "data: [DONE]\n\n"
+
+
+def _event_stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
+    return StreamingResponse(_sse_stream(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# ---------------------------------------------------------------- chat completions
+
+
+class ChatService:
+    """A chat request becomes prompt ids and sampling parameters; the engine's tokens become an
+    assistant message (tool calls parsed out when tools were offered) or a stream of chunks."""
+
+    def __init__(self, model: ModelService):
+        self.model = model
+
+    def prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
+        self.model.check_model(request.model)
+        prompt_ids, _ = render_chat(self.model.tokenizer, request.template_messages(), request.template_tools(),
+                                    add_generation_prompt=True)
+        return prompt_ids, self.model.sampling(request, prompt_ids, request.requested_max_tokens, "messages")
+
+    async def complete(self, request: ChatCompletionRequest, prompt_ids: list[int], params: SamplingParams,
+                       leave: Callable[[], None]) -> ChatCompletionResponse:
+        pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings, leave)]
+        text, finish = "".join(p.text for p in pieces), pieces[-1].finish_reason
+        content, calls = text, None
+        if request.parses_tool_calls:
+            parsed = ToolCallStream().push(text, final=True)
+            content, calls = parsed.content, parsed.calls or None
+        return ChatCompletionResponse(
+            id=completion_id(), created=now(), model=self.model.model_name,
+            choices=[Choice(message=AssistantMessage(content=content or (None if calls else ""), tool_calls=calls),
+                            finish_reason=_chat_finish(finish, bool(calls)))],
+            usage=Usage.of(len(prompt_ids), pieces[-1].completion_tokens),
+        )
+
+    async def stream(self, request: ChatCompletionRequest, prompt_ids: list[int], params: SamplingParams,
+                     leave: Callable[[], None]) -> AsyncIterator[ChatCompletionChunk]:
+        id_, created, name = completion_id(), now(), self.model.model_name
+
+        def chunk(delta: DeltaMessage, finish: ChatFinishReason | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(id=id_, created=created, model=name,
+                                       choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+
+        yield chunk(DeltaMessage(role="assistant", content=""))
+        tools = ToolCallStream() if request.parses_tool_calls else None
+        async for piece in self.model.run(prompt_ids, params, request.stop_strings, leave):
+            final = piece.finish_reason is not None
+            content, calls = piece.text, []
+            if tools is not None:
+                parsed = tools.push(piece.text, final=final)
+                content, calls = parsed.content, parsed.calls
+            if content:
+                yield chunk(DeltaMessage(content=content))
+            if calls:
+                first = len(tools.calls) - len(calls)
+                yield chunk(DeltaMessage(tool_calls=[
+                    ToolCallDelta(index=first + i, id=call.id, function=call.function) for i, call in enumerate(calls)]))
+            if final:
+                yield chunk(DeltaMessage(), _chat_finish(piece.finish_reason, bool(tools and tools.calls)))
+                usage = Usage.of(len(prompt_ids), piece.completion_tokens)
+        if request.include_usage:
+            yield ChatCompletionChunk(id=id_, created=created, model=name, choices=[], usage=usage)
+
+
+def _chat_finish(finish: FinishReason, called: bool) -> ChatFinishReason:
+    # OpenAI reports a turn that ended in tool calls as such; one cut off by max_tokens stays "length".
+    return "tool_calls" if called and finish == "stop" else finish
+
+
+# ---------------------------------------------------------------- text completions
+
+
+class CompletionService:
+    """`/v1/completions`: raw text (or token ids) in, no chat template, text out."""
+
+    def __init__(self, model: ModelService):
+        self.model = model
+
+    def prepare(self, request: CompletionRequest) -> tuple[list[int], SamplingParams]:
+        self.model.check_model(request.model)
+        prompt = request.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            prompt_ids = self.model.tokenizer.encode(prompt, add_special_tokens=False)
+        else:
+            vocab = len(self.model.tokenizer)
+            if not all(0 <= t < vocab for t in prompt):
+                raise APIError(400, f"Invalid value for 'prompt': token ids must be in [0, {vocab}).",
+                               param="prompt", code="invalid_value")
+            prompt_ids = prompt
+        if not prompt_ids:
+            raise APIError(400, "Invalid value for 'prompt': it must not be empty.", param="prompt",
+                           code="invalid_value")
+        return prompt_ids, self.model.sampling(request, prompt_ids, request.requested_max_tokens, "prompt")
+
+    async def complete(self, request: CompletionRequest, prompt_ids: list[int], params: SamplingParams,
+                       leave: Callable[[], None]) -> CompletionResponse:
+        pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings, leave)]
+        return CompletionResponse(
+            id=completion_id("cmpl"), created=now(), model=self.model.model_name,
+            choices=[CompletionChoice(text="".join(p.text for p in pieces), finish_reason=pieces[-1].finish_reason)],
+            usage=Usage.of(len(prompt_ids), pieces[-1].completion_tokens))
+
+    async def stream(self, request: CompletionRequest, prompt_ids: list[int], params: SamplingParams,
+                     leave: Callable[[], None]) -> AsyncIterator[CompletionResponse]:
+        id_, created, name = completion_id("cmpl"), now(), self.model.model_name
+        async for piece in self.model.run(prompt_ids, params, request.stop_strings, leave):
+            if piece.text or piece.finish_reason:
+                yield CompletionResponse(id=id_, created=created, model=name, choices=[
+                    CompletionChoice(text=piece.text, finish_reason=piece.finish_reason)])
+            if piece.finish_reason:
+                usage = Usage.of(len(prompt_ids), piece.completion_tokens)
+        if request.include_usage:
+            yield CompletionResponse(id=id_, created=created, model=name, choices=[], usage=usage)
+
+
+# ---------------------------------------------------------------- routers and app
+
+
+def health_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    return router
+
+
+def models_router(model: ModelService) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def list_models() -> ModelList:
+        return ModelList(data=[model.model_card()])
+
+    return router
+
+
+def chat_router(chat: ChatService) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def create_chat_completion(request: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
+        prompt_ids, params = chat.prepare(request)  # errors are raised here, while a status can still be sent
+        leave = chat.model.admission.enter()
+        if request.stream:
+            return _event_stream(chat.stream(request, prompt_ids, params, leave))
+        return await chat.complete(request, prompt_ids, params, leave)
+
+    return router
+
+
+def completions_router(completions: CompletionService) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/completions", response_model=None)
+    async def create_completion(request: CompletionRequest) -> CompletionResponse | StreamingResponse:
+        prompt_ids, params = completions.prepare(request)
+        leave = completions.model.admission.enter()
+        if request.stream:
+            return _event_stream(completions.stream(request, prompt_ids, params, leave))
+        return await completions.complete(request, prompt_ids, params, leave)
+
+    return router
+
+
+def build_gateway(engine: Engine, tokenizer: PreTrainedTokenizerBase, *, model_name: str,
+                  max_new_tokens: int, limits: Limits | None = None) -> FastAPI:
+    """The API app over any engine. `max_new_tokens` is the completion budget of a chat request
+    that sets none (capped by what is left of the context window)."""
+    limits = limits or Limits()
+    metrics = Metrics(model_name)
+    admission = Admission(limits.max_queue)
+    model = ModelService(engine, tokenizer, model_name, max_new_tokens, metrics, admission)
+    app = FastAPI(title="solo", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.include_router(health_router())
+    app.include_router(metrics_router(metrics, engine.load, lambda: admission.in_flight))
+    app.include_router(models_router(model))
+    app.include_router(chat_router(ChatService(model)))
+    app.include_router(completions_router(CompletionService(model)))
+    # Added last, run first: count every answer, the guard's refusals included.
+    app.add_middleware(Guard, limits=limits)
+    app.add_middleware(RequestCounter, metrics=metrics,
+                       endpoints={"/v1/models", "/v1/chat/completions", "/v1/completions"})
+    return app

@@ -1,0 +1,171 @@
+"""Start the Serve application, wait until it answers, and stop exactly what was started."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from solo.config import ServeConfig
+from solo.errors import SoloError
+
+APP_NAME = "solo"
+READY_TIMEOUT_S = 120.0
+
+
+def model_folder(config: ServeConfig) -> Path:
+    """The exported model to serve, or a `SoloError` saying what is wrong with it."""
+    if not config.model:
+        raise SoloError("which model? pass --model PATH (an exported Hugging Face folder)")
+    folder = Path(config.model).expanduser().resolve()
+    if not folder.is_dir():
+        raise SoloError(f"model folder {config.model} does not exist")
+    lacking = [what for what, patterns in (
+        ("config.json", ["config.json"]),
+        ("weights (*.safetensors)", ["*.safetensors", "*.bin"]),
+        ("tokenizer", ["tokenizer.json", "tokenizer_config.json"]),
+    ) if not any(any(folder.glob(pattern)) for pattern in patterns)]
+    if lacking:
+        raise SoloError(f"{config.model} is not a Hugging Face model folder: it has no {', no '.join(lacking)}")
+    return folder
+
+
+def served_name(config: ServeConfig) -> str:
+    """The model's name in the API: `config.name`, else its folder's."""
+    return config.name or model_folder(config).name
+
+
+def refuse_open_exposure(config: ServeConfig) -> None:
+    """Beyond loopback, anyone on the network could spend this machine: not without API keys."""
+    from solo.serving.security import KEYS_ENV, is_loopback, read_key_digests
+
+    try:
+        keys = read_key_digests(config.api_keys_file)
+    except OSError as e:
+        raise SoloError(f"cannot read the API keys file {config.api_keys_file}: {e.strerror}") from None
+    if not is_loopback(config.host) and not keys:
+        raise SoloError(f"refusing to listen on {config.host} with no API keys: set {KEYS_ENV} or api_keys_file, "
+                        "or serve on 127.0.0.1")
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR so a socket of a server that just stopped (TIME_WAIT) does not count as in use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise SoloError(f"port {port} on {host} is in use: pass --port N or stop what is using it") from None
+
+
+def _client_host(host: str) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def _wait_until_healthy(root: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{root}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise SoloError(f"the server did not answer on {root}/health within {timeout_s:.0f}s")
+        time.sleep(0.25)
+
+
+@contextmanager
+def _ray_session() -> Iterator[None]:
+    """Ray for as long as we serve: the cluster `solo up` started or RAY_ADDRESS names, else a
+    private local one (`solo.runtime.init_ray`), left as it was found on the way out."""
+    # Ray reads RAY_AUTH_MODE once, on import, and init_ray sets it: so ray is not imported first.
+    loaded = sys.modules.get("ray")
+    if loaded is not None and loaded.is_initialized():  # the caller's Ray: theirs to shut down
+        yield
+        return
+    from solo.runtime import init_ray
+
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    init_ray()
+    import ray
+
+    if threading.current_thread() is threading.main_thread():
+        # ray.init hands SIGTERM to a handler that aborts the process, skipping every cleanup
+        # (and leaving a Ray we started running): put back the caller's, or else exit cleanly.
+        signal.signal(signal.SIGTERM, on_sigterm if callable(on_sigterm) else _exit_on_signal)
+    try:
+        yield
+    finally:
+        ray.shutdown()  # stops a Ray we started; only disconnects from a cluster we joined
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
+
+
+@contextmanager
+def serving(config: ServeConfig) -> Iterator[str]:
+    """Serve `config.model` with Ray Serve; yields the OpenAI base URL, `http://host:port/v1`."""
+    model_folder(config)
+    refuse_open_exposure(config)
+    check_port_free(config.host, config.port)
+    root = f"http://{_client_host(config.host)}:{config.port}"
+    with _ray_session():
+        import ray
+        from ray import serve
+
+        from services.openai_app import build_app
+
+        if serve.status().proxies:
+            # A Serve already running keeps its own HTTP port, so ours would never come up.
+            raise SoloError("Ray Serve is already running on this Ray cluster: stop it with "
+                            "`serve shutdown -y`, or serve from another cluster")
+        if ray.available_resources().get("CPU", 0) < 1:
+            # Serve would wait for one forever, silently.
+            raise SoloError("the Ray cluster has no free CPU for the model server: wait for its jobs to finish")
+        try:
+            serve.start(http_options={"host": config.host, "port": config.port})
+            try:
+                serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+            except Exception as e:
+                last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise SoloError(f"the model server failed to start: {last_line}") from None
+            _wait_until_healthy(root, READY_TIMEOUT_S)
+            yield f"{root}/v1"
+        finally:
+            serve.shutdown()
+
+
+def serve_forever(config: ServeConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then stop everything that was started."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with serving(config) as url:
+            name = served_name(config)
+            body = json.dumps({"model": name, "messages": [{"role": "user", "content": "What does json.dumps do?"}]})
+            print(f"solo: serving {name!r} at {url}  (Ctrl-C to stop)\n"
+                  f"  curl {url}/chat/completions -H 'Content-Type: application/json' \\\n"
+                  f"    -d '{body}'", flush=True)
+            threading.Event().wait()  # until a signal interrupts it
+    except KeyboardInterrupt:
+        print("solo: stopped", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,193 @@
+"""The real thing: Ray Serve on CPU behind the official `openai` client. One server per module,
+since starting Ray Serve takes ~20s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from solo.config import ServeConfig
+from solo.errors import SoloError
+from solo.serving.run import serving
+
+pytestmark = pytest.mark.integration
+
+MODEL = "tiny-chat"
+QUESTION = [{"role": "user", "content": "What does json.dumps do?"}]
+KEY = "sk-test-only"
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}}}}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(f"{KEY}\n")
+    config = ServeConfig(model=str(tiny_model_dir), name=MODEL, port=free_port(), max_new_tokens=32,
+                         api_keys_file=str(keys), max_concurrent=64)
+    with pytest.MonkeyPatch.context() as env:
+        # A private Ray for this module, whatever cluster `solo up` or RAY_ADDRESS would offer.
+        env.setenv("SOLO_HOME", str(tmp_path_factory.mktemp("solo_home")))
+        env.delenv("RAY_ADDRESS", raising=False)
+        with serving(config) as url:
+            yield config, url
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server[1], api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_base_url_and_models(server, client):
+    config, url = server
+    assert url == f"http://127.0.0.1:{config.port}/v1"
+    (model,) = client.models.list().data
+    assert model.id == MODEL and model.object == "model"
+
+
+def test_completion(client):
+    response = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
+    (choice,) = response.choices
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens <= 12
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    again = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
+    assert again.choices[0].message.content == choice.message.content, "greedy decoding must be deterministic"
+
+
+def test_streaming_matches_the_completion(client):
+    kwargs = dict(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0.8, seed=11)
+    full = client.chat.completions.create(**kwargs)
+    stream = client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    *content_chunks, usage_chunk = chunks
+    text = "".join(c.choices[0].delta.content or "" for c in content_chunks)
+    assert text == full.choices[0].message.content
+    assert content_chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+    assert usage_chunk.choices == [] and usage_chunk.usage == full.usage
+
+
+def test_streaming_without_usage(client):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert all(c.usage is None for c in chunks)
+
+
+def test_an_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-nope", messages=QUESTION)
+    assert caught.value.code == "model_not_found"
+
+
+def test_a_bad_request_is_rejected(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=7)
+    assert caught.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=10_000)
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_malformed_json_over_raw_http(server):
+    _, url = server
+    request = urllib.request.Request(f"{url}/chat/completions", data=b'{"model": "tiny-chat", "messages": [',
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400
+    error = json.loads(caught.value.read())["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+
+
+def test_a_second_server_on_the_same_port_is_refused(server, tiny_model_dir):
+    config, _ = server
+    with pytest.raises(SoloError, match=f"port {config.port} on 127.0.0.1 is in use"), \
+            serving(ServeConfig(model=str(tiny_model_dir), port=config.port)):
+        pass
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
+    with pytest.raises(SoloError, match="not a Hugging Face model folder"), \
+            serving(ServeConfig(model=str(tmp_path), port=free_port())):
+        pass
+    with pytest.raises(SoloError, match="does not exist"), \
+            serving(ServeConfig(model=str(tmp_path / "nothing"), port=free_port())):
+        pass
+
+
+def test_a_text_completion_streamed_and_not(client):
+    full = client.completions.create(model=MODEL, prompt="def main():", max_tokens=10, temperature=0)
+    (choice,) = full.choices
+    assert full.object == "text_completion" and choice.finish_reason in ("stop", "length")
+    chunks = list(client.completions.create(model=MODEL, prompt="def main():", max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
+    assert chunks[-1].usage == full.usage
+
+
+def test_tools_are_offered_and_forcing_one_is_refused(client):
+    response = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, max_tokens=8)
+    message = response.choices[0].message
+    assert message.tool_calls is None or all(call.function.name for call in message.tool_calls)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required")
+    assert caught.value.param == "tool_choice"
+
+
+def test_a_missing_or_wrong_api_key_is_a_401(server):
+    _, url = server
+    wrong = openai.OpenAI(base_url=url, api_key="sk-wrong", max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    with urllib.request.urlopen(f"{url.removesuffix('/v1')}/health", timeout=30) as response:
+        assert response.status == 200, "health needs no key"
+
+
+def test_metrics_are_served(server, client):
+    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
+    _, url = server
+    request = urllib.request.Request(f"{url.removesuffix('/v1')}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{MODEL}",status="200"}}' in text
+    assert f'solo_num_requests_waiting{{model="{MODEL}"}}' in text
+
+
+def test_64_concurrent_clients_all_succeed(server):
+    _, url = server
+
+    async def load():
+        async with openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120) as client:
+            async def one(i: int):
+                if i % 2:
+                    stream = await client.chat.completions.create(
+                        model=MODEL, messages=QUESTION, max_tokens=8, stream=True, seed=i)
+                    return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+                response = await client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, seed=i)
+                return response.choices[0].message.content
+
+            return await asyncio.gather(*(one(i) for i in range(64)), return_exceptions=True)
+
+    results = asyncio.run(load())
+    assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+def test_listening_beyond_loopback_without_keys_is_refused(tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("SOLO_API_KEYS", raising=False)
+    with pytest.raises(SoloError, match="no API keys"), \
+            serving(ServeConfig(model=str(tiny_model_dir), host="0.0.0.0", port=free_port())):
+        pass

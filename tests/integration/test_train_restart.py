@@ -1,0 +1,92 @@
+"""A worker killed mid-run: Ray Train restarts the group from the last checkpoint with no person
+involved, the stage manifest records the restart and the step it resumed from, and the run ends
+at its last step. Real parts: a private local Ray, Ray Train, DeepSpeed ZeRO-3 with CPU offload."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from solo.config import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+TOKENS = ["--set", "run=restart", "--set", "data.inputs=[{path: embedded, domain: python-docs, max_documents: 60}]",
+          "--set", "tokenizer.vocab_size=512", "--set", "tokenize.seq_len=64", "--until", "tokenize"]
+PRETRAIN = ["--run", "restart", "--set", "max_steps=12", "--set", "checkpoint_every=2", "--set", "log_every=1",
+            "--set", "eval_every=6", "--set", "micro_batch=4", "--set", "global_batch=8"]
+
+
+def job(name, args, env):
+    return subprocess.Popen([sys.executable, "-m", f"jobs.{name}", *args], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def descendants(root: int) -> list[int]:
+    """The processes under `root` (this test's own job), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def train_worker_of(root: int) -> int | None:
+    for pid in descendants(root):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                return pid
+        except OSError:
+            pass
+    return None
+
+
+def logged_steps(metrics_csv: Path) -> int:
+    return len(metrics_csv.read_text().splitlines()) - 1 if metrics_csv.exists() else 0
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path):
+    env = {**os.environ, "SOLO_HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    out, _ = job("pipeline", TOKENS, env).communicate(timeout=600)
+    assert "✓ tokenize" in out, out[-3000:]
+
+    partial = tmp_path / "runs" / "restart" / "pretrain.partial"
+    training = job("pretrain", PRETRAIN, env)
+    try:
+        deadline = time.monotonic() + 600
+        while logged_steps(partial / "metrics.csv") < 5:  # past the checkpoint of step 4
+            assert training.poll() is None, training.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "training did not reach step 5"
+            time.sleep(0.5)
+        worker = train_worker_of(training.pid)
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)
+        out, _ = training.communicate(timeout=900)
+    finally:
+        if training.poll() is None:
+            training.kill()
+    assert training.returncode == 0, out[-4000:]
+
+    manifest = json.loads((tmp_path / "runs" / "restart" / "pretrain" / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["metrics"]["step"] == 12
+    restarts = manifest["restarts"]
+    assert len(restarts) >= 1
+    # From a checkpoint (every 2 steps), not from scratch: the newest one the controller had
+    # registered when the worker died, which may lag the newest one written by a step.
+    assert restarts[0]["resumed_from_step"] in (2, 4, 6)
+    assert "resumed from step" in out

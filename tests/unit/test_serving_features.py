@@ -1,0 +1,233 @@
+"""Gateway features beyond one chat completion, over the scripted fake engine: /v1/completions,
+/metrics, API keys, rate limits, the 503 queue bound, size limits and tool calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from solo.serving.gateway import build_gateway
+from solo.serving.security import Limits, RateLimiter, digest, read_key_digests
+from solo.serving.tools import ToolCallStream
+from solo.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from tests.unit.test_gateway import MODEL, USER, FakeEngine, assert_error, events
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from solo.tokenizer import load
+
+    return load(tiny_model_dir)
+
+
+def gateway(engine, tokenizer, **limits) -> TestClient:
+    app = build_gateway(engine, tokenizer, model_name=MODEL, max_new_tokens=64, limits=Limits(**limits))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def scripted(tokenizer, text: str) -> FakeEngine:
+    return FakeEngine([*tokenizer.encode(text, add_special_tokens=False), tokenizer.convert_tokens_to_ids(END_OF_TURN)])
+
+
+# ---------------------------------------------------------------- /v1/completions
+
+
+def test_a_text_completion_takes_the_prompt_as_is(tokenizer):
+    engine = scripted(tokenizer, " and then some")
+    client = gateway(engine, tokenizer)
+    body = client.post("/v1/completions", json={"model": MODEL, "prompt": "Once upon", "max_tokens": 50}).json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert body["choices"] == [{"index": 0, "text": " and then some", "finish_reason": "stop", "logprobs": None}]
+    prompt_ids = tokenizer.encode("Once upon", add_special_tokens=False)
+    assert engine.calls[0][0] == prompt_ids, "no chat template around a text completion"
+    assert body["usage"]["prompt_tokens"] == len(prompt_ids)
+    # Token ids are a prompt too; with no max_tokens OpenAI's default of 16 applies.
+    client.post("/v1/completions", json={"model": MODEL, "prompt": [5, 6, 7]})
+    assert engine.calls[1][0] == [5, 6, 7] and engine.calls[1][1].max_tokens == 16
+
+
+def test_a_streamed_text_completion(tokenizer):
+    client = gateway(scripted(tokenizer, " and then some"), tokenizer)
+    response = client.post("/v1/completions", json={"model": MODEL, "prompt": "Once", "max_tokens": 50, "stream": True,
+                                                    "stream_options": {"include_usage": True}})
+    payloads = events(response)
+    assert payloads[-1] == "[DONE]"
+    *chunks, usage = payloads[:-1]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == " and then some"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    expected = len(tokenizer.encode(" and then some", add_special_tokens=False)) + 1  # and the stop token
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == expected
+
+
+@pytest.mark.parametrize("body, status, param, code", [
+    ({"model": MODEL}, 400, "prompt", "missing_required_parameter"),
+    ({"model": MODEL, "prompt": "x", "echo": True}, 400, "echo", "invalid_value"),
+    ({"model": MODEL, "prompt": [1, 10**9]}, 400, "prompt", "invalid_value"),
+    ({"model": MODEL, "prompt": "x", "max_tokens": 10_000}, 400, "prompt", "context_length_exceeded"),
+    ({"model": "gpt-9", "prompt": "x"}, 404, "model", "model_not_found"),
+])
+def test_text_completion_errors(tokenizer, body, status, param, code):
+    assert_error(gateway(FakeEngine([1]), tokenizer).post("/v1/completions", json=body), status, param=param, code=code)
+
+
+# ---------------------------------------------------------------- /metrics
+
+
+def test_metrics_count_requests_tokens_and_latency(tokenizer):
+    client = gateway(scripted(tokenizer, "Hi there"), tokenizer)
+    client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    client.post("/v1/chat/completions", json={"model": "nope", "messages": USER})
+    text = client.get("/metrics").text
+    assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{MODEL}",status="200"}} 1.0' in text
+    assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{MODEL}",status="404"}} 1.0' in text
+    completion = len(tokenizer.encode("Hi there", add_special_tokens=False)) + 1
+    assert f'solo_generation_tokens_total{{model="{MODEL}"}} {float(completion)}' in text
+    assert f'solo_time_to_first_token_seconds_count{{model="{MODEL}"}} 1.0' in text
+    assert f'solo_e2e_request_latency_seconds_count{{model="{MODEL}"}} 1.0' in text
+    for gauge in ("solo_num_requests_waiting", "solo_num_requests_running", "solo_requests_in_flight"):
+        assert f'{gauge}{{model="{MODEL}"}} 0.0' in text
+    client.get("/v1/made-up")
+    assert 'endpoint="other"' in client.get("/metrics").text
+
+
+# ---------------------------------------------------------------- keys, limits, overload
+
+
+def test_api_keys_are_required_when_configured(tokenizer):
+    client = gateway(FakeEngine([1]), tokenizer, key_digests=frozenset({digest("sk-good")}))
+    assert_error(client.get("/v1/models"), 401, code="invalid_api_key")
+    assert_error(client.get("/v1/models", headers={"Authorization": "Bearer sk-bad"}), 401, code="invalid_api_key")
+    assert client.get("/v1/models", headers={"Authorization": "Bearer sk-good"}).status_code == 200
+    assert client.get("/health").status_code == 200, "probes need no key"
+
+
+def test_keys_come_from_the_environment_and_a_file_and_are_kept_hashed(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# ops\nsk-file\n\n")
+    digests = read_key_digests(str(keys), environ={"SOLO_API_KEYS": "sk-a, sk-b,"})
+    assert digests == {digest("sk-a"), digest("sk-b"), digest("sk-file")}
+    assert not any("sk-" in d for d in digests)
+
+
+def test_a_rate_limited_key_gets_a_429_with_retry_after(tokenizer):
+    client = gateway(FakeEngine([1]), tokenizer, key_digests=frozenset({digest("k1"), digest("k2")}), rate_limit_rpm=2)
+    first = {"Authorization": "Bearer k1"}
+    assert [client.get("/v1/models", headers=first).status_code for _ in range(2)] == [200, 200]
+    response = client.get("/v1/models", headers=first)
+    assert_error(response, 429, type_="rate_limit_error", code="rate_limit_exceeded")
+    assert int(response.headers["retry-after"]) >= 1
+    assert client.get("/v1/models", headers={"Authorization": "Bearer k2"}).status_code == 200, "limits are per key"
+
+
+def test_the_rate_limiter_refills_over_time():
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, clock=lambda: now[0])
+    assert all(limiter.retry_after("a") == 0 for _ in range(60))
+    assert limiter.retry_after("a") == 1
+    now[0] += 1.0
+    assert limiter.retry_after("a") == 0 and limiter.retry_after("a") == 1
+
+
+def test_an_oversized_body_is_a_413(tokenizer):
+    client = gateway(FakeEngine([1]), tokenizer, max_request_bytes=2048)
+    big = [{"role": "user", "content": "x" * 4096}]
+    assert_error(client.post("/v1/chat/completions", json={"model": MODEL, "messages": big}), 413)
+
+    def chunked():  # no Content-Length: the cap applies as the body arrives
+        yield json.dumps({"model": MODEL, "messages": big}).encode()
+
+    assert_error(client.post("/v1/chat/completions", content=chunked(),
+                             headers={"content-type": "application/json"}), 413)
+
+
+def test_beyond_max_queue_generations_get_a_503(tokenizer):
+    class Held(FakeEngine):
+        """Generations that wait until released, so that they stay in flight."""
+
+        def __init__(self):
+            super().__init__([1, 2])
+            self.release = threading.Event()
+            self.waiting = 0
+
+        async def generate(self, prompt_ids, params):
+            self.waiting += 1
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
+            async for delta in super().generate(prompt_ids, params):
+                yield delta
+
+    engine = Held()
+    client = gateway(engine, tokenizer, max_queue=2)
+
+    def send():
+        return client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(send) for _ in range(2)]
+        while engine.waiting < 2:
+            time.sleep(0.01)
+        refused = send()
+        engine.release.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert_error(refused, 503, type_="server_error", code="overloaded")
+    assert send().status_code == 200, "the slots came back"
+
+
+# ---------------------------------------------------------------- tool calls
+
+
+CALL = f'{TOOL_CALL_OPEN}{{"name": "lookup", "arguments": {{"q": "json"}}}}{TOOL_CALL_CLOSE}'
+
+
+def test_a_tool_call_in_the_answer_is_returned_in_openai_shape(tokenizer):
+    client = gateway(scripted(tokenizer, "Let me look." + CALL), tokenizer)
+    body = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "tools": TOOLS}).json()
+    (choice,) = body["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Let me look."
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "lookup", "arguments": '{"q": "json"}'}
+    # Without tools offered, the same text is plain content.
+    plain = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER}).json()
+    assert plain["choices"][0]["message"]["content"] == "Let me look." + CALL
+
+
+def test_a_tool_call_streams(tokenizer):
+    client = gateway(scripted(tokenizer, "Ok." + CALL), tokenizer)
+    chunks = events(client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "tools": TOOLS,
+                                                              "stream": True}))[:-1]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert "".join(d.get("content") or "" for d in deltas) == "Ok."
+    (call,) = [tc for d in deltas for tc in d.get("tool_calls") or []]
+    assert call["index"] == 0 and call["function"] == {"name": "lookup", "arguments": '{"q": "json"}'}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_the_tool_call_parser_handles_any_split_and_bad_calls():
+    text = "a<b" + CALL + "mid" + CALL.replace("lookup", "find") + f"{TOOL_CALL_OPEN}not json{TOOL_CALL_CLOSE}end"
+    for size in (1, 2, 5, len(text)):
+        parser, content = ToolCallStream(), ""
+        for i in range(0, len(text), size):
+            content += parser.push(text[i:i + size], final=i + size >= len(text)).content
+        assert content == f"a<bmid{TOOL_CALL_OPEN}not json{TOOL_CALL_CLOSE}end"
+        assert [c.function.name for c in parser.calls] == ["lookup", "find"]
+    cut = ToolCallStream()
+    assert cut.push(f"x{TOOL_CALL_OPEN}{{\"na", final=True).content == f"x{TOOL_CALL_OPEN}{{\"na"
+
+
+def test_forcing_a_tool_or_a_json_format_is_refused_not_ignored(tokenizer):
+    client = gateway(FakeEngine([1]), tokenizer)
+    for extra in ({"tools": TOOLS, "tool_choice": "required"},
+                  {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "lookup"}}},
+                  {"response_format": {"type": "json_object"}}):
+        response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **extra})
+        assert response.status_code == 400 and "not supported" in response.json()["error"]["message"]
