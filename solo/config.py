@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -19,6 +20,12 @@ from solo.errors import SoloError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def checkout_root() -> Path:
+    """Where relative paths in configs are anchored: the user's checkout, also inside a Ray job,
+    which runs from Ray's copy of it (the submitter passes SOLO_CHECKOUT along)."""
+    return Path(os.environ.get("SOLO_CHECKOUT") or REPO_ROOT)
 
 
 class Schema(BaseModel):
@@ -172,7 +179,7 @@ class EvalConfig(Schema):
     cost: CostConfig = CostConfig()
 
     def data_path(self) -> Path:
-        return (REPO_ROOT / Path(self.data_root).expanduser()).resolve()
+        return (checkout_root() / Path(self.data_root).expanduser()).resolve()
 
 
 # ---------------------------------------------------------------- the whole pipeline

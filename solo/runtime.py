@@ -18,9 +18,13 @@ def cuda_available() -> bool:
 
 
 def worker_env() -> dict[str, str]:
-    """Variables every Ray worker needs: where compiled DeepSpeed ops are cached (built once per
-    machine, not once per job), the artifact store, and DeepSpeed's CPU accelerator without a GPU."""
+    """Variables every Ray worker needs: the checkout relative config paths start from, where
+    compiled DeepSpeed ops are cached (built once per machine, not once per job), the artifact
+    store, and DeepSpeed's CPU accelerator without a GPU."""
+    from solo.config import checkout_root
+
     env = {
+        "SOLO_CHECKOUT": str(checkout_root()),
         "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir()),
         "SOLO_HOME": str(solo_home()),
         "TOKENIZERS_PARALLELISM": "false",

@@ -177,6 +177,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     from solo.tokens import LoaderState, ShardLoader, TokenShards
 
     config = job.config
+    setup_started = time.time()
     rank, workers = dist.get_rank(), dist.get_world_size()
     output = Path(job.output_dir)
     cuda = use_cuda(config)
@@ -214,8 +215,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
         print(f"model {config.model}: {params / 1e6:.1f}M parameters, {flops_per_token / 1e6:.1f} MFLOPs/token; "
               f"{workers} workers × micro-batch {config.micro_batch} × {accumulation} accumulation = "
               f"{config.global_batch} sequences/step; ZeRO-{config.strategy.zero_stage}, "
-              f"offload optimizer={config.strategy.offload_optimizer} params={config.strategy.offload_params}",
-              flush=True)
+              f"offload optimizer={config.strategy.offload_optimizer} params={config.strategy.offload_params}; "
+              f"engine ready in {time.time() - setup_started:.1f} s", flush=True)
 
     metrics: dict = {}
     tokens_per_step = config.global_batch * seq_len
