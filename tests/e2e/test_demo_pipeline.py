@@ -107,6 +107,15 @@ def test_plain_ray_job_submit_runs_it_again_skipping_every_finished_stage(cluste
     assert "model ready" in out
 
 
+def test_solo_demo_skips_what_is_trained_then_serves_and_answers(cluster, first_run):
+    out = run([BIN / "solo", "demo", "--port", str(free_port()), *sets(SMALLEST)], cluster["env"])
+    for stage in STAGES:
+        assert f"↷ {stage.name}: up to date" in out
+    assert "Q: What does the function json.dumps do?" in out
+    assert "\nA: " in out and "curl http://127.0.0.1:" in out
+    assert json.loads((cluster["home"] / "cluster.json").read_text())  # a cluster it did not start stays up
+
+
 def test_a_changed_setting_reruns_that_stage_and_those_after_it(cluster, first_run):
     before = manifest(cluster, "pretrain")["finished_at"]
     changed = [o for o in SMALLEST if not o.startswith("finetune.max_steps")] + ["finetune.max_steps=2"]
@@ -147,12 +156,3 @@ def test_solo_serve_answers_the_openai_client_and_stops_on_sigint(cluster, first
         output, _ = server.communicate(timeout=120)
     assert server.returncode == 0, output[-3000:]
     assert "solo: stopped" in output
-
-
-def test_solo_demo_skips_what_is_trained_then_serves_and_answers(cluster, first_run):
-    out = run([BIN / "solo", "demo", "--port", str(free_port()), *sets(SMALLEST)], cluster["env"])
-    for stage in STAGES:
-        assert f"↷ {stage.name}: up to date" in out
-    assert "Q: What does the function json.dumps do?" in out
-    assert "\nA: " in out and "curl http://127.0.0.1:" in out
-    assert json.loads((cluster["home"] / "cluster.json").read_text())  # a cluster it did not start stays up
