@@ -44,13 +44,6 @@ class Stage:
     run: Callable[[StageContext], dict]
 
 
-def _data_texts(data_dir: Path):
-    import pyarrow.dataset as pads
-
-    for batch in pads.dataset(str(data_dir / "data"), format="parquet").to_batches(columns=["id", "text"]):
-        yield from zip(batch.column("id").to_pylist(), batch.column("text").to_pylist())
-
-
 def model_dir(folder: Path) -> Path:
     """The Hugging Face folder inside a training stage's output, or the folder itself (one of the user's)."""
     return folder / "model" if (folder / "model" / "config.json").is_file() else folder
@@ -122,10 +115,11 @@ def run_evaluate(ctx: StageContext) -> dict:
     answers on the fine-tuned one, the model the run ships."""
     from solo import evaluate
     from solo.evals.suite import run_tasks
+    from solo.tokenizer import prepared_documents
     from solo.tokens import is_validation
 
     cfg = ctx.config.evaluate
-    held_out = [text for id_, text in _data_texts(ctx.inputs["prepare_data"])
+    held_out = [text for id_, text, _ in prepared_documents(ctx.inputs["prepare_data"] / "data")
                 if is_validation(id_, ctx.config.tokenize.val_fraction)][:cfg.max_documents]
     if not held_out:
         raise SoloError("no held-out documents to evaluate on: raise tokenize.val_fraction or add data")
