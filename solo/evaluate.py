@@ -53,11 +53,12 @@ def bits_per_byte(model, tokenizer, texts: list[str], seq_len: int, batch_size: 
             "tokens": tokens, "bytes": total_bytes}
 
 
-@torch.no_grad()
-def answer(model, tokenizer, question: str, max_new_tokens: int) -> str:
-    from solo.tokenizer import render_chat, stop_token_ids
+def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers to one-turn chats, rendered by the model's chat template and decoded by the
+    serving engine: what `solo serve` would answer at temperature 0."""
+    from solo.evals.generate import cpu_engine, greedy_ids
+    from solo.tokenizer import render_chat
 
-    ids, _ = render_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
-    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)[0]
+               for q in questions]
+    return [reply.strip() for reply in greedy_ids(cpu_engine(model, len(prompts)), tokenizer, prompts, max_new_tokens)]

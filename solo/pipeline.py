@@ -141,8 +141,7 @@ def run_evaluate(ctx: StageContext) -> dict:
         report.append(f"| {name} | {result['settings']['shots']} | {result['n']} | {100 * result['accuracy']:.1f} |")
     report += ["", "## Sample answers (fine-tuned model, greedy)", ""]
     samples = []
-    for prompt in cfg.prompts:
-        reply = evaluate.answer(model, tokenizer, prompt, cfg.max_new_tokens)
+    for prompt, reply in zip(cfg.prompts, evaluate.chat_answers(model, tokenizer, list(cfg.prompts), cfg.max_new_tokens)):
         samples.append({"prompt": prompt, "answer": reply})
         report += [f"**{prompt}**", "", f"> {reply}", ""]
     (ctx.output / "metrics.json").write_text(json.dumps({**metrics, "samples": samples}, indent=2) + "\n")
@@ -159,7 +158,7 @@ def run_export(ctx: StageContext) -> dict:
     target = ctx.output / ctx.config.run
     shutil.copytree(model_dir(ctx.inputs["finetune"]), target)
     model, tokenizer = evaluate.load_model(target)
-    reply = evaluate.answer(model, tokenizer, ctx.config.evaluate.prompts[0], 16)
+    [reply] = evaluate.chat_answers(model, tokenizer, [ctx.config.evaluate.prompts[0]], 16)
     size = sum(f.stat().st_size for f in target.iterdir())
     ctx.log(f"export: {target.name} ({size / 1e6:.1f} MB) loads with transformers; it says {reply!r}")
     return {"model": ctx.config.run, "bytes": size, "parameters": model.num_parameters()}

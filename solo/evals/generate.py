@@ -1,49 +1,59 @@
-"""Batched greedy generation with a plain `transformers` model: left-padded prompts, one
-`generate` call per batch, each reply cut at its first stop string.
+"""Greedy generation for evaluation, through the serving engine interface.
 
-Local on purpose: the serving engine is built for requests arriving over time; an evaluation
-knows all its prompts at the start and wants them packed into as few passes as possible.
+Every prompt goes to an `Engine` (`solo.serving.engine`) at once, as if that many clients had
+sent a request together: the engine batches them the way it batches a server's requests, and
+each reply is cut at its first stop string by the server's own `TextStream`. A GSM8K score is
+therefore a score of the model exactly as `solo serve` runs it, not of a second decoding loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import aclosing
 from typing import Sequence
 
-import torch
+from solo.serving.engine import Engine, SamplingParams
+from solo.serving.gateway import TextStream
+from solo.tokenizer import stop_token_ids
 
-from solo.evals.likelihood import window
+
+def cpu_engine(model, batch_size: int) -> Engine:
+    """The CPU engine over a model already in memory; `batch_size` sequences decode together."""
+    from solo.serving.cpu_engine import CpuEngine
+
+    return CpuEngine(model, max_concurrent=batch_size)
 
 
-@torch.no_grad()
-def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+def greedy(engine: Engine, tokenizer, prompts: Sequence[str], max_new_tokens: int,
            stop: Sequence[str] = ()) -> list[str]:
-    """The greedy continuation of each prompt, in order. A prompt longer than the window loses its
-    start (the few-shot examples, never the question); at least half the window is left for the reply."""
-    from solo.tokenizer import stop_token_ids
-
-    new_tokens = min(max_new_tokens, window(model) // 2)
-    budget = window(model) - new_tokens
+    """The greedy continuation of each text prompt, in order. A prompt longer than the window loses
+    its start (the few-shot examples, never the question); at least half the window is left for
+    the reply."""
+    new_tokens = min(max_new_tokens, engine.max_context // 2)
+    budget = engine.max_context - new_tokens
     encoded = [([tokenizer.eos_token_id] + tokenizer(p, add_special_tokens=False)["input_ids"])[-budget:]
                for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
-    replies: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):   # left padding: every row's reply starts at column `width`
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                             stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None)
-        for row, i in enumerate(chunk):
-            replies[i] = cut(tokenizer.decode(out[row, width:], skip_special_tokens=True), stop)
-    return replies
+    return greedy_ids(engine, tokenizer, encoded, new_tokens, stop)
 
 
-def cut(text: str, stop: Sequence[str]) -> str:
-    """The text before the first stop string (a batch runs on until its last row stops)."""
-    ends = [text.find(s) for s in stop if s in text]
-    return text[:min(ends)] if ends else text
+def greedy_ids(engine: Engine, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int,
+               stop: Sequence[str] = ()) -> list[str]:
+    """Replies to prompts already tokenized (a chat rendered by its template), in order."""
+    stop_ids = tuple(stop_token_ids(tokenizer))
+
+    async def reply(prompt_ids: list[int]) -> str:
+        params = SamplingParams(max_tokens=min(max_new_tokens, engine.max_context - len(prompt_ids)),
+                                temperature=0, stop_token_ids=stop_ids)
+        text, pieces = TextStream(tokenizer, set(stop_ids), list(stop)), []
+        # Leaving the block at a stop string closes the generator: the engine drops the sequence.
+        async with aclosing(engine.generate(prompt_ids, params)) as deltas:
+            async for delta in deltas:
+                pieces.append(text.push(delta.token_ids, final=delta.finish_reason is not None))
+                if text.stopped or delta.finish_reason is not None:
+                    break
+        return "".join(pieces)
+
+    async def every_reply() -> list[str]:
+        return await asyncio.gather(*(reply(list(ids)) for ids in prompts))
+
+    return asyncio.run(every_reply())

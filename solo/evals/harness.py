@@ -23,7 +23,7 @@ try:
 except ImportError as missing:  # the optional extra `eval`
     raise SoloError("the lm-evaluation-harness bridge needs the `eval` extra: pip install -e '.[eval]'") from missing
 
-from solo.evals.generate import greedy
+from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import loglikelihoods, text_loglikelihood
 
 
@@ -37,6 +37,7 @@ class SoloLM(LM):
 
         self.model, self.tokenizer = load_model(pretrained)
         self.batch_size, self.max_gen_toks = int(batch_size), int(max_gen_toks)
+        self.engine = cpu_engine(self.model, self.batch_size)  # generation runs as `solo serve` runs it
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         scored = loglikelihoods(self.model, self.tokenizer, [r.args for r in requests], self.batch_size)
@@ -56,7 +57,7 @@ class SoloLM(LM):
             groups.setdefault((until, int(kwargs.get("max_gen_toks", self.max_gen_toks))), []).append(i)
         for (until, max_new), indices in groups.items():
             prompts = [requests[i].args[0] for i in indices]
-            for i, reply in zip(indices, greedy(self.model, self.tokenizer, prompts, max_new, self.batch_size, until)):
+            for i, reply in zip(indices, greedy(self.engine, self.tokenizer, prompts, max_new, until)):
                 replies[i] = reply
         return replies
 

@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 
 from solo.config import EvalConfig
 from solo.evals import tasks
-from solo.evals.generate import greedy
+from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import loglikelihoods
 from solo.evals.tasks import MissingData, Problem, Question
+from solo.serving.engine import Engine
 
 
 def score_multiple_choice(model, tokenizer, questions: Sequence[Question], batch_size: int) -> tuple[dict, list[dict]]:
@@ -49,10 +50,11 @@ def _accuracy(samples: list[dict]) -> dict:
 GSM8K_STOP = ("Question:", "\n\n")
 
 
-def score_gsm8k(model, tokenizer, problems: Sequence[Problem], batch_size: int, max_new_tokens: int
+def score_gsm8k(engine: Engine, tokenizer, problems: Sequence[Problem], max_new_tokens: int
                 ) -> tuple[dict, list[dict]]:
-    """Exact match of the number after "#### " in the reply with the reference's."""
-    replies = greedy(model, tokenizer, [p.context for p in problems], max_new_tokens, batch_size, GSM8K_STOP)
+    """Exact match of the number after "#### " in the reply with the reference's; the replies come
+    from the serving engine, every problem in flight at once."""
+    replies = greedy(engine, tokenizer, [p.context for p in problems], max_new_tokens, GSM8K_STOP)
     samples = [{"id": p.id, "target": p.target, "extracted": tasks.gsm8k_answer(reply), "reply": reply}
                for p, reply in zip(problems, replies)]
     correct = sum(s["extracted"] == s["target"] for s in samples)
@@ -67,7 +69,8 @@ def run_task(name: str, model, tokenizer, config: EvalConfig, output: Path) -> d
     if name == "gsm8k":
         problems = tasks.sample(tasks.gsm8k(root, shots), config.max_questions, config.seed)
         settings["max_new_tokens"] = config.gsm8k_max_new_tokens
-        metrics, samples = score_gsm8k(model, tokenizer, problems, config.batch_size, config.gsm8k_max_new_tokens)
+        metrics, samples = score_gsm8k(cpu_engine(model, config.batch_size), tokenizer, problems,
+                                       config.gsm8k_max_new_tokens)
     else:
         load = {"mmlu": tasks.mmlu, "arc_challenge": tasks.arc_challenge}[name]
         questions = tasks.sample(load(root, shots), config.max_questions, config.seed)

@@ -108,9 +108,12 @@ def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class CpuEngine(Engine):
-    def __init__(self, model_dir: str | Path, max_concurrent: int = 16, threads: int | None = None):
+    def __init__(self, model: str | Path | LlamaForCausalLM, max_concurrent: int = 16, threads: int | None = None):
+        """`model`: a model folder, or a model already loaded (an evaluation shares its own)."""
         torch.set_num_threads(threads or cpu_budget())
-        self.model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        if not isinstance(model, torch.nn.Module):
+            model = LlamaForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+        self.model = model.eval()
         self.max_context = self.model.config.max_position_embeddings
         self.max_batch = max_concurrent  # every running sequence holds a row of the KV cache
         self._forward = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-engine")

@@ -11,8 +11,10 @@ import torch
 
 from solo.config import EvalConfig
 from solo.evals import suite, tasks
-from solo.evals.generate import greedy
+from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import encode_pair, loglikelihoods, text_loglikelihood
+from solo.serving.engine import Delta, Engine
+from solo.tokenizer import stop_token_ids
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_tasks import write_benchmarks  # noqa: E402  (the same small benchmark tree)
@@ -95,13 +97,45 @@ def test_rolling_loglikelihood_matches_bits_per_byte(tiny):
     assert text_loglikelihood(model, tokenizer, text) == pytest.approx(expected, rel=1e-4)
 
 
-def test_batched_greedy_generation_equals_one_at_a_time(tiny):
+def test_generation_through_the_engine_equals_hf_generate_alone(tiny):
+    """All prompts in flight at once in the serving engine give what `generate` gives each alone,
+    cut at the first stop string."""
     model, tokenizer = tiny
     prompts = ["Question: What is 2 + 2?\nAnswer:", "def", "The json module encodes objects as text, and"]
-    one = greedy(model, tokenizer, prompts, max_new_tokens=10, batch_size=1)
-    batched = greedy(model, tokenizer, prompts, max_new_tokens=10, batch_size=3)
-    assert batched == one
-    assert any(one), "an untrained model still says something"
+    replies = greedy(cpu_engine(model, batch_size=3), tokenizer, prompts, max_new_tokens=10)
+    for prompt, reply in zip(prompts, replies):
+        ids = torch.tensor([[tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        out = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=stop_token_ids(tokenizer),
+                             pad_token_id=tokenizer.pad_token_id)
+        assert reply == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert any(replies), "an untrained model still says something"
+    stop = replies[2][3:6]
+    [cut] = greedy(cpu_engine(model, batch_size=1), tokenizer, prompts[2:], max_new_tokens=10, stop=[stop])
+    assert cut == replies[2][:replies[2].index(stop)]
+
+
+class Scripted(Engine):
+    """An engine that answers every prompt with the same text, a token at a time."""
+
+    def __init__(self, tokenizer, reply: str):
+        self.max_context, self.reply_ids, self.prompts = 512, tokenizer(reply, add_special_tokens=False)["input_ids"], []
+
+    async def generate(self, prompt_ids, params):
+        self.prompts.append(prompt_ids)
+        for i, token in enumerate(self.reply_ids):
+            yield Delta([token], "length" if i == len(self.reply_ids) - 1 else None)
+
+
+def test_gsm8k_is_scored_from_what_the_engine_generates(tiny, tmp_path):
+    _, tokenizer = tiny
+    problems = tasks.gsm8k(write_benchmarks(tmp_path), shots=1)
+    engine = Scripted(tokenizer, " 1 + 1000 = 1001\n#### 1,001\n\nQuestion: next")
+    metrics, samples = suite.score_gsm8k(engine, tokenizer, problems, max_new_tokens=64)
+    assert len(engine.prompts) == len(problems), "every problem goes through the engine"
+    assert all(s["reply"] == " 1 + 1000 = 1001\n#### 1,001" for s in samples), "cut at the stop string"
+    expected = sum(p.target == "1001" for p in problems) / len(problems)
+    assert metrics == {"accuracy": pytest.approx(expected), "n": len(problems)}
+    assert 0 < expected < 1, "the fixture should hold problems with and without 1001 as the answer"
 
 
 def test_metrics_are_deterministic_per_task(tiny, tmp_path):
