@@ -24,11 +24,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import DynamicCache, LlamaForCausalLM
+from transformers import AutoTokenizer, DynamicCache, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams
+from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, TokenLogprob
+from solo.serving.grammar import Grammars
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class _Sequence:
     produced: int = 0
     last_token: int = -1  # sampled, not yet fed back
     abandoned: bool = False  # its consumer went away
+    grammar: Any = None  # an xgrammar GrammarMatcher when the output is constrained
 
 
 class _Batch:
@@ -108,11 +111,16 @@ def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class CpuEngine(Engine):
-    def __init__(self, model: str | Path | LlamaForCausalLM, max_concurrent: int = 16, threads: int | None = None):
-        """`model`: a model folder, or a model already loaded (an evaluation shares its own)."""
+    def __init__(self, model: str | Path | LlamaForCausalLM, max_concurrent: int = 16, threads: int | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None):
+        """`model`: a model folder, or a model already loaded (an evaluation shares its own). The
+        tokenizer (the folder's, unless given) is needed only for grammar-constrained output."""
         torch.set_num_threads(threads or cpu_budget())
+        load_tokenizer = lambda: tokenizer  # noqa: E731
         if not isinstance(model, torch.nn.Module):
-            model = LlamaForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+            folder, model = str(model), LlamaForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+            if tokenizer is None:
+                load_tokenizer = lambda: AutoTokenizer.from_pretrained(folder)  # noqa: E731
         self.model = model.eval()
         self.max_context = self.model.config.max_position_embeddings
         self.max_batch = max_concurrent  # every running sequence holds a row of the KV cache
@@ -121,6 +129,7 @@ class CpuEngine(Engine):
         self._batch = _Batch()
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
+        self._grammars = Grammars(load_tokenizer, self.model.config.vocab_size)
 
     async def load(self) -> EngineLoad:
         return EngineLoad(waiting=sum(not s.abandoned for s in self._waiting), running=len(self._batch))
@@ -135,6 +144,8 @@ class CpuEngine(Engine):
             rng.manual_seed(params.seed)
         sequence = _Sequence(list(prompt_ids), params, min(params.max_tokens, self.max_context - len(prompt_ids)),
                              asyncio.Queue(), rng)
+        if params.json_schema is not None:
+            sequence.grammar = self._grammars.matcher(params.json_schema, params.stop_token_ids)
         self._ensure_scheduler()
         self._waiting.append(sequence)
         self._wakeup.set()
@@ -145,8 +156,7 @@ class CpuEngine(Engine):
                 # waiting for it in one delta: one message per token would only fall further behind.
                 while not isinstance(delta, BaseException) and delta.finish_reason is None and not sequence.out.empty():
                     more = sequence.out.get_nowait()
-                    delta = more if isinstance(more, BaseException) else Delta(
-                        delta.token_ids + more.token_ids, more.finish_reason)
+                    delta = more if isinstance(more, BaseException) else delta + more
                 if isinstance(delta, BaseException):
                     raise delta
                 yield delta
@@ -226,19 +236,33 @@ class CpuEngine(Engine):
         """Sample the sequence's next token and hand it over; True when the sequence is done."""
         if sequence.abandoned:
             return True
-        token = sample(penalize(logits, sequence.counts, sequence.params), sequence.params.temperature,
-                       sequence.params.top_p, sequence.rng)
+        model_logits = logits
+        logits = penalize(logits, sequence.counts, sequence.params)
+        if sequence.grammar is not None:
+            logits = self._grammars.mask(sequence.grammar, logits)
+        token = sample(logits, sequence.params.temperature, sequence.params.top_p, sequence.rng)
+        logprobs = None if sequence.params.logprobs is None else [
+            token_logprob(model_logits, token, sequence.params.logprobs)]
         sequence.produced += 1
         sequence.counts[token] += 1
         sequence.last_token = token
+        if sequence.grammar is not None and not sequence.grammar.accept_token(token):
+            raise RuntimeError(f"the grammar refused token {token} that its own mask allowed")
         if token in sequence.params.stop_token_ids:
             finish = "stop"
         elif sequence.produced >= sequence.budget:
             finish = "length"
         else:
             finish = None
-        sequence.out.put_nowait(Delta([token], finish))
+        sequence.out.put_nowait(Delta([token], finish, logprobs))
         return finish is not None
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, top) if top else None
+    return TokenLogprob(token, float(logprobs[token]),
+                        [] if best is None else list(zip(best.indices.tolist(), best.values.tolist())))
 
 
 def penalize(logits: torch.Tensor, counts: collections.Counter, params: SamplingParams) -> torch.Tensor:

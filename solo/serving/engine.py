@@ -23,10 +23,18 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default=())
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # and this, once per time it was generated
+    # The output must be JSON matching this JSON schema (`{"type": "object"}`: any object), then
+    # one of `stop_token_ids`: grammar-constrained decoding, as vLLM's structured outputs.
+    json_schema: str | None = None
+    # Log-probabilities of each generated token and of the `logprobs` likeliest alternatives
+    # (0: the generated token's alone), from the model's own distribution, before penalties,
+    # grammar masks and temperature. None: not wanted.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if (self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1
-                or not -2 <= self.presence_penalty <= 2 or not -2 <= self.frequency_penalty <= 2):
+                or not -2 <= self.presence_penalty <= 2 or not -2 <= self.frequency_penalty <= 2
+                or (self.logprobs is not None and not 0 <= self.logprobs <= 20)):
             raise ValueError(f"invalid sampling parameters: {self}")
 
 
@@ -48,6 +56,18 @@ class Delta:
 
     token_ids: list[int]
     finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token, when the parameters asked for them
+
+    def __add__(self, later: Delta) -> Delta:
+        logprobs = self.logprobs + later.logprobs if self.logprobs is not None else None
+        return Delta(self.token_ids + later.token_ids, later.finish_reason, logprobs)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # likeliest first
 
 
 class Engine(abc.ABC):

@@ -6,11 +6,12 @@ so the engine deals in token ids only and a test can hand `build_gateway` a fake
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +20,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
-from solo.serving.engine import Engine, SamplingParams
+from solo.serving.engine import Engine, SamplingParams, TokenLogprob
+from solo.serving.logprobs import TokenTexts
 from solo.serving.metrics import Metrics, RequestCounter, metrics_router
 from solo.serving.protocol import (
     AssistantMessage,
@@ -38,15 +40,17 @@ from solo.serving.protocol import (
     FinishReason,
     ModelCard,
     ModelList,
+    Tool,
     ToolCallDelta,
     Usage,
     SamplingRequest,
     completion_id,
     now,
 )
+from solo.serving.grammar import check_schema
 from solo.serving.security import Guard, Limits
 from solo.serving.tools import ToolCallStream
-from solo.tokenizer import render_chat, stop_token_ids
+from solo.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_chat, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,7 @@ class Piece:
     text: str
     finish_reason: FinishReason | None
     completion_tokens: int  # so far
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens behind this piece, if asked
 
 
 class Admission:
@@ -207,6 +212,7 @@ class ModelService:
         self.metrics = metrics
         self.admission = admission
         self.stop_token_ids = tuple(stop_token_ids(tokenizer))
+        self.texts = TokenTexts(tokenizer)
         self.created = now()
 
     def model_card(self) -> ModelCard:
@@ -235,14 +241,44 @@ class ModelService:
             stop_token_ids=self.stop_token_ids,
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
+            logprobs=request.wanted_logprobs,
         )
 
-    async def run(self, prompt_ids: list[int], params: SamplingParams, stop_strings: list[str],
-                  leave: Callable[[], None]) -> AsyncIterator[Piece]:
-        """Text as the engine produces it; stops the engine at a stop string. Holds the request's
-        admission until it ends, however it ends."""
+    async def each_choice(self, choice: Callable, params: SamplingParams, n: int, leave: Callable[[], None]) -> list:
+        """`choice(index, params)` for each of the n choices a request asked for, together; the
+        request's admission is held until the last has ended, however they end."""
+        try:
+            if n == 1:
+                return [await choice(0, params)]
+            async with asyncio.TaskGroup() as group:  # one failing cancels the others
+                tasks = [group.create_task(choice(i, p)) for i, p in enumerate(self.fan_out(params, n))]
+            return [task.result() for task in tasks]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        finally:
+            leave()
+
+    async def each_choice_streamed(self, choice: Callable, params: SamplingParams, n: int,
+                                   leave: Callable[[], None]) -> AsyncIterator:
+        """The chunks of the n choices' streams, as each produces them."""
+        try:
+            async with aclosing(merge([choice(i, p) for i, p in enumerate(self.fan_out(params, n))])) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            leave()
+
+    @staticmethod
+    def fan_out(params: SamplingParams, n: int) -> list[SamplingParams]:
+        # A seeded request stays reproducible with n > 1: choice i samples with seed + i.
+        return [params if params.seed is None else replace(params, seed=params.seed + i) for i in range(n)]
+
+    async def run(self, prompt_ids: list[int], params: SamplingParams, stop_strings: list[str]
+                  ) -> AsyncIterator[Piece]:
+        """Text as the engine produces it; stops the engine at a stop string."""
         started, first, produced = time.perf_counter(), None, 0
-        text = TextStream(self.tokenizer, set(self.stop_token_ids), stop_strings)
+        hidden = set(self.stop_token_ids) | set(params.stop_token_ids)
+        text = TextStream(self.tokenizer, hidden, stop_strings)
         try:
             async with aclosing(self.engine.generate(prompt_ids, params)) as deltas:
                 async for delta in deltas:
@@ -250,13 +286,48 @@ class ModelService:
                     produced += len(delta.token_ids)
                     piece = text.push(delta.token_ids, final=delta.finish_reason is not None)
                     finish = "stop" if text.stopped else delta.finish_reason
-                    yield Piece(piece, finish, produced)
+                    yield Piece(piece, finish, produced, [lp for lp in delta.logprobs or [] if lp.token_id not in hidden])
                     if finish is not None:
                         return
             raise RuntimeError("the engine ended a generation without a finish reason")
         finally:
-            leave()
             self.metrics.generation(started, first, len(prompt_ids), produced)
+
+
+async def merge(streams: list[AsyncIterator]) -> AsyncIterator:
+    """Items of several async iterators as they come; an error in one ends all of them."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for item in only:
+                yield item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    ended = object()
+
+    async def pump(stream: AsyncIterator) -> None:
+        try:
+            async with aclosing(stream) as items:
+                async for item in items:
+                    await queue.put(item)
+            await queue.put(ended)
+        except Exception as error:
+            await queue.put(error)
+
+    tasks = [asyncio.create_task(pump(stream)) for stream in streams]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is ended:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _sse(payload: BaseModel) -> str:
@@ -291,52 +362,101 @@ class ChatService:
 
     def prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
         self.model.check_model(request.model)
-        prompt_ids, _ = render_chat(self.model.tokenizer, request.template_messages(), request.template_tools(),
+        tokenizer = self.model.tokenizer
+        prompt_ids, _ = render_chat(tokenizer, request.template_messages(), request.template_tools(),
                                     add_generation_prompt=True)
-        return prompt_ids, self.model.sampling(request, prompt_ids, request.requested_max_tokens, "messages")
+        if request.forced_tools:
+            # The reply opens with the call marker (given, not sampled), then JSON naming one of the
+            # tools with arguments its schema allows, then the closing marker, which ends it.
+            prompt_ids = [*prompt_ids, tokenizer.convert_tokens_to_ids(TOOL_CALL_OPEN)]
+            params = self.model.sampling(request, prompt_ids, request.requested_max_tokens, "messages")
+            schema = _constraint(call_schema(request.forced_tools), "tools")
+            return prompt_ids, replace(params, json_schema=schema,
+                                       stop_token_ids=(tokenizer.convert_tokens_to_ids(TOOL_CALL_CLOSE),))
+        params = self.model.sampling(request, prompt_ids, request.requested_max_tokens, "messages")
+        schema = request.response_format.output_schema() if request.response_format else None
+        if schema is not None:
+            params = replace(params, json_schema=_constraint(schema, "response_format"))
+        return prompt_ids, params
 
     async def complete(self, request: ChatCompletionRequest, prompt_ids: list[int], params: SamplingParams,
                        leave: Callable[[], None]) -> ChatCompletionResponse:
-        pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings, leave)]
-        text, finish = "".join(p.text for p in pieces), pieces[-1].finish_reason
-        content, calls = text, None
-        if request.parses_tool_calls:
-            parsed = ToolCallStream().push(text, final=True)
-            content, calls = parsed.content, parsed.calls or None
+        async def choice(index: int, params: SamplingParams) -> tuple[Choice, int]:
+            pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings)]
+            text, finish = "".join(p.text for p in pieces), pieces[-1].finish_reason
+            if request.forced_tools:  # the markers were the prompt's and the stop token: parse as if written
+                text = TOOL_CALL_OPEN + text + (TOOL_CALL_CLOSE if finish == "stop" else "")
+            content, calls = text, None
+            if request.parses_tool_calls:
+                parsed = ToolCallStream().push(text, final=True)
+                content, calls = parsed.content, parsed.calls or None
+            logprobs = self.model.texts.chat([lp for p in pieces for lp in p.logprobs]) if request.logprobs else None
+            return Choice(index=index, message=AssistantMessage(content=content or (None if calls else ""),
+                                                                tool_calls=calls),
+                          finish_reason=_chat_finish(finish, bool(calls)), logprobs=logprobs), \
+                pieces[-1].completion_tokens
+
+        choices = await self.model.each_choice(choice, params, request.n or 1, leave)
         return ChatCompletionResponse(
-            id=completion_id(), created=now(), model=self.model.model_name,
-            choices=[Choice(message=AssistantMessage(content=content or (None if calls else ""), tool_calls=calls),
-                            finish_reason=_chat_finish(finish, bool(calls)))],
-            usage=Usage.of(len(prompt_ids), pieces[-1].completion_tokens),
-        )
+            id=completion_id(), created=now(), model=self.model.model_name, choices=[c for c, _ in choices],
+            usage=Usage.of(len(prompt_ids), sum(tokens for _, tokens in choices)))
 
     async def stream(self, request: ChatCompletionRequest, prompt_ids: list[int], params: SamplingParams,
                      leave: Callable[[], None]) -> AsyncIterator[ChatCompletionChunk]:
         id_, created, name = completion_id(), now(), self.model.model_name
+        produced = {}
 
-        def chunk(delta: DeltaMessage, finish: ChatFinishReason | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(id=id_, created=created, model=name,
-                                       choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+        async def choice(index: int, params: SamplingParams) -> AsyncIterator[ChatCompletionChunk]:
+            pending: list[TokenLogprob] = []  # of tokens whose text is still held back
 
-        yield chunk(DeltaMessage(role="assistant", content=""))
-        tools = ToolCallStream() if request.parses_tool_calls else None
-        async for piece in self.model.run(prompt_ids, params, request.stop_strings, leave):
-            final = piece.finish_reason is not None
-            content, calls = piece.text, []
-            if tools is not None:
-                parsed = tools.push(piece.text, final=final)
-                content, calls = parsed.content, parsed.calls
-            if content:
-                yield chunk(DeltaMessage(content=content))
-            if calls:
-                first = len(tools.calls) - len(calls)
-                yield chunk(DeltaMessage(tool_calls=[
-                    ToolCallDelta(index=first + i, id=call.id, function=call.function) for i, call in enumerate(calls)]))
-            if final:
-                yield chunk(DeltaMessage(), _chat_finish(piece.finish_reason, bool(tools and tools.calls)))
-                usage = Usage.of(len(prompt_ids), piece.completion_tokens)
+            def chunk(delta: DeltaMessage, finish: ChatFinishReason | None = None) -> ChatCompletionChunk:
+                logprobs = self.model.texts.chat(pending) if request.logprobs and (pending or finish) else None
+                pending.clear()
+                return ChatCompletionChunk(id=id_, created=created, model=name, choices=[
+                    ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)])
+
+            yield chunk(DeltaMessage(role="assistant", content=""))
+            tools = ToolCallStream() if request.parses_tool_calls else None
+            if request.forced_tools:
+                tools.push(TOOL_CALL_OPEN)
+            async for piece in self.model.run(prompt_ids, params, request.stop_strings):
+                final = piece.finish_reason is not None
+                content, calls = piece.text, []
+                pending.extend(piece.logprobs)
+                if tools is not None:
+                    closed = request.forced_tools and piece.finish_reason == "stop"
+                    parsed = tools.push(piece.text + (TOOL_CALL_CLOSE if closed else ""), final=final)
+                    content, calls = parsed.content, parsed.calls
+                if content:
+                    yield chunk(DeltaMessage(content=content))
+                if calls:
+                    first = len(tools.calls) - len(calls)
+                    yield chunk(DeltaMessage(tool_calls=[ToolCallDelta(index=first + i, id=call.id, function=call.function)
+                                                         for i, call in enumerate(calls)]))
+                if final:
+                    yield chunk(DeltaMessage(), _chat_finish(piece.finish_reason, bool(tools and tools.calls)))
+                    produced[index] = piece.completion_tokens
+
+        async for chunk in self.model.each_choice_streamed(choice, params, request.n or 1, leave):
+            yield chunk
         if request.include_usage:
-            yield ChatCompletionChunk(id=id_, created=created, model=name, choices=[], usage=usage)
+            yield ChatCompletionChunk(id=id_, created=created, model=name, choices=[],
+                                      usage=Usage.of(len(prompt_ids), sum(produced.values())))
+
+
+def call_schema(tools: list[Tool]) -> dict:
+    """A call of one of `tools` as the chat template writes it: {"name": ..., "arguments": {...}}."""
+    calls = [{"type": "object", "properties": {"name": {"const": tool.function.name},
+                                               "arguments": tool.function.parameters or {"type": "object"}},
+              "required": ["name", "arguments"], "additionalProperties": False} for tool in tools]
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
+def _constraint(schema: dict, param: str) -> str:
+    try:
+        return check_schema(schema)
+    except ValueError as error:
+        raise APIError(400, f"Invalid schema for '{param}': {error}.", param=param, code="invalid_value") from None
 
 
 def _chat_finish(finish: FinishReason, called: bool) -> ChatFinishReason:
@@ -373,23 +493,45 @@ class CompletionService:
 
     async def complete(self, request: CompletionRequest, prompt_ids: list[int], params: SamplingParams,
                        leave: Callable[[], None]) -> CompletionResponse:
-        pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings, leave)]
+        async def choice(index: int, params: SamplingParams) -> tuple[CompletionChoice, int]:
+            pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings)]
+            logprobs = (self.model.texts.completion([lp for p in pieces for lp in p.logprobs])
+                        if request.logprobs is not None else None)
+            return CompletionChoice(index=index, text="".join(p.text for p in pieces),
+                                    finish_reason=pieces[-1].finish_reason, logprobs=logprobs), \
+                pieces[-1].completion_tokens
+
+        choices = await self.model.each_choice(choice, params, request.n or 1, leave)
         return CompletionResponse(
-            id=completion_id("cmpl"), created=now(), model=self.model.model_name,
-            choices=[CompletionChoice(text="".join(p.text for p in pieces), finish_reason=pieces[-1].finish_reason)],
-            usage=Usage.of(len(prompt_ids), pieces[-1].completion_tokens))
+            id=completion_id("cmpl"), created=now(), model=self.model.model_name, choices=[c for c, _ in choices],
+            usage=Usage.of(len(prompt_ids), sum(tokens for _, tokens in choices)))
 
     async def stream(self, request: CompletionRequest, prompt_ids: list[int], params: SamplingParams,
                      leave: Callable[[], None]) -> AsyncIterator[CompletionResponse]:
         id_, created, name = completion_id("cmpl"), now(), self.model.model_name
-        async for piece in self.model.run(prompt_ids, params, request.stop_strings, leave):
-            if piece.text or piece.finish_reason:
-                yield CompletionResponse(id=id_, created=created, model=name, choices=[
-                    CompletionChoice(text=piece.text, finish_reason=piece.finish_reason)])
-            if piece.finish_reason:
-                usage = Usage.of(len(prompt_ids), piece.completion_tokens)
+        produced = {}
+
+        async def choice(index: int, params: SamplingParams) -> AsyncIterator[CompletionResponse]:
+            pending: list[TokenLogprob] = []
+            offset = 0
+            async for piece in self.model.run(prompt_ids, params, request.stop_strings):
+                pending += piece.logprobs
+                if piece.text or piece.finish_reason:
+                    logprobs = None
+                    if request.logprobs is not None:
+                        logprobs = self.model.texts.completion(pending, offset)
+                        offset += sum(len(t) for t in logprobs.tokens)
+                        pending = []
+                    yield CompletionResponse(id=id_, created=created, model=name, choices=[CompletionChoice(
+                        index=index, text=piece.text, finish_reason=piece.finish_reason, logprobs=logprobs)])
+                if piece.finish_reason:
+                    produced[index] = piece.completion_tokens
+
+        async for chunk in self.model.each_choice_streamed(choice, params, request.n or 1, leave):
+            yield chunk
         if request.include_usage:
-            yield CompletionResponse(id=id_, created=created, model=name, choices=[], usage=usage)
+            yield CompletionResponse(id=id_, created=created, model=name, choices=[],
+                                     usage=Usage.of(len(prompt_ids), sum(produced.values())))
 
 
 # ---------------------------------------------------------------- routers and app

@@ -89,9 +89,30 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Request):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs the 'json_schema' object")
+        return self
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the output must match; None for free text."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema":
+            return self.json_schema.schema_ or {"type": "object"}
+        return None
 
 
 class SamplingRequest(_Request):
@@ -107,16 +128,9 @@ class SamplingRequest(_Request):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    # Defined by OpenAI, accepted only at their neutral value.
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=16)  # each choice takes an engine slot of its own
+    # Defined by OpenAI, accepted only at its neutral value.
     logit_bias: dict[str, float] | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return n
 
     @field_validator("logit_bias")
     @classmethod
@@ -157,30 +171,37 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
-    @field_validator("logprobs", "top_logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value:
-            raise ValueError("not supported by this server")
+    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not 0 <= value <= 20:
+            raise ValueError("must be between 0 and 20")
+        if value and not info.data.get("logprobs"):
+            raise ValueError("only allowed when logprobs is true")
         return value
 
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: ResponseFormat | None) -> ResponseFormat | None:
-        # Grammar-constrained decoding is not wired in yet: refusing beats returning free text.
-        if value is not None and value.type != "text":
-            raise ValueError(f"response_format {value.type!r} is not supported by this server yet")
-        return value
+    @property
+    def wanted_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("tool_choice")
     @classmethod
     def _tool_choice(cls, choice: Any, info: ValidationInfo) -> Any:
-        if choice == "required" or isinstance(choice, NamedToolChoice):
-            # Forcing a call takes constrained decoding, which is not wired in yet.
-            raise ValueError("'required' or a named function is not supported by this server yet; use 'auto'")
-        if choice not in (None, "none") and not info.data.get("tools"):
+        tools = info.data.get("tools")
+        if choice not in (None, "none") and not tools:
             raise ValueError("only allowed when tools are specified")
+        if isinstance(choice, NamedToolChoice) and choice.function.get("name") not in {t.function.name for t in tools}:
+            raise ValueError(f"no tool named {choice.function.get('name')!r} is in 'tools'")
         return choice
+
+    @property
+    def forced_tools(self) -> list[Tool]:
+        """The tools one of which the reply must call (`required`: any; a named one: that one)."""
+        if self.tool_choice == "required":
+            return list(self.tools)
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return [t for t in self.tools if t.function.name == self.tool_choice.function["name"]]
+        return []
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -212,12 +233,23 @@ class CompletionRequest(SamplingRequest):
     best_of: int | None = None
     suffix: str | None = None
 
-    @field_validator("logprobs", "echo", "suffix")
+    @field_validator("echo", "suffix")
     @classmethod
     def _unsupported(cls, value: Any) -> Any:
         if value:
             raise ValueError("not supported by this server")
         return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 5:
+            raise ValueError("must be between 0 and 5")
+        return value
+
+    @property
+    def wanted_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("best_of")
     @classmethod
@@ -266,11 +298,34 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy shape of `/v1/completions`; `text_offset` counts from the completion's start."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: ChatFinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -299,7 +354,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: ChatFinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -315,7 +370,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -139,13 +139,40 @@ def test_a_text_completion_streamed_and_not(client):
     assert chunks[-1].usage == full.usage
 
 
-def test_tools_are_offered_and_forcing_one_is_refused(client):
+# Small enough that its description fits the tiny model's 256-token window beside a question.
+WEATHER = [{"type": "function", "function": {"name": "weather", "parameters": {
+    "type": "object", "properties": {"unit": {"enum": ["c", "f"]}, "soon": {"type": "boolean"}},
+    "required": ["unit", "soon"], "additionalProperties": False}}}]
+
+
+def test_tools_are_offered_and_a_forced_call_obeys_the_function_schema(client):
     response = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, max_tokens=8)
     message = response.choices[0].message
     assert message.tool_calls is None or all(call.function.name for call in message.tool_calls)
+    # Even an untrained model calls the named function, with arguments its schema allows.
+    forced = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=WEATHER, max_tokens=48, temperature=0,
+                                            tool_choice={"type": "function", "function": {"name": "weather"}})
+    (call,) = forced.choices[0].message.tool_calls
+    arguments = json.loads(call.function.arguments)
+    assert call.function.name == "weather" and forced.choices[0].finish_reason == "tool_calls"
+    assert arguments["unit"] in ("c", "f") and isinstance(arguments["soon"], bool)
+    streamed = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=WEATHER, max_tokens=48, temperature=0,
+                                              tool_choice="required", stream=True)
+    calls = [c for chunk in streamed for c in (chunk.choices[0].delta.tool_calls or []) if chunk.choices]
+    assert [c.function.name for c in calls] == ["weather"]
+
+
+def test_response_format_json_schema_gives_json_that_matches(client):
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+              "required": ["answer", "sure"], "additionalProperties": False}
+    response = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48, temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}})
+    value = json.loads(response.choices[0].message.content)
+    assert value["answer"] in ("yes", "no") and isinstance(value["sure"], bool)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required")
-    assert caught.value.param == "tool_choice"
+        client.chat.completions.create(model=MODEL, messages=QUESTION, response_format={
+            "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}}})
+    assert caught.value.param == "response_format"
 
 
 def test_a_missing_or_wrong_api_key_is_a_401(server):
@@ -191,3 +218,15 @@ def test_listening_beyond_loopback_without_keys_is_refused(tiny_model_dir, monke
     with pytest.raises(SoloError, match="no API keys"), \
             serving(ServeConfig(model=str(tiny_model_dir), host="0.0.0.0", port=free_port())):
         pass
+
+
+def test_n_choices_and_logprobs_through_the_official_client(client):
+    response = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, n=2, seed=3,
+                                              logprobs=True, top_logprobs=2)
+    assert [c.index for c in response.choices] == [0, 1]
+    for choice in response.choices:
+        content = choice.logprobs.content
+        assert content and all(entry.logprob <= 0 and len(entry.top_logprobs) == 2 for entry in content)
+        assert bytes(b for entry in content for b in entry.bytes).decode(errors="replace") == choice.message.content
+    again = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, n=2, seed=3)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in response.choices]

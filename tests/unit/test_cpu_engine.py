@@ -202,3 +202,44 @@ def test_a_closed_consumer_stops_its_generation(engine, tokenizer, monkeypatch):
 
     # Both requests gave their slot back, or this would wait forever.
     assert [len(tokens) for tokens, _ in asyncio.run(fill_both_slots())] == [3, 3]
+
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "answer": {"enum": ["yes", "no", "maybe"]}},
+          "required": ["ok", "answer"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_constrained_output_is_json_that_matches_the_schema_then_a_stop_token(engine, tokenizer, temperature):
+    import json
+
+    stops = tuple(stop_token_ids(tokenizer))
+    ids = prompt(tokenizer, QUESTIONS[0])
+    for seed in range(3):
+        params = SamplingParams(max_tokens=64, temperature=temperature, seed=seed, stop_token_ids=stops,
+                                json_schema=json.dumps(SCHEMA))
+        tokens, finish = asyncio.run(collect(engine, ids, params))
+        assert finish == "stop" and tokens[-1] in stops
+        value = json.loads(tokenizer.decode(tokens[:-1]))
+        assert set(value) == {"ok", "answer"} and isinstance(value["ok"], bool) and value["answer"] in SCHEMA[
+            "properties"]["answer"]["enum"]
+    free, _ = asyncio.run(collect(engine, ids, greedy(16, stops)))
+    assert not tokenizer.decode(free).startswith("{"), "unconstrained, the untrained model writes no JSON"
+
+
+def test_logprobs_are_the_models_own(engine, reference, tokenizer):
+    ids = prompt(tokenizer, QUESTIONS[1])
+
+    async def run():
+        deltas = []
+        async for delta in engine.generate(ids, SamplingParams(max_tokens=6, temperature=0, logprobs=3)):
+            deltas.append(delta)
+        return deltas
+
+    entries = [lp for delta in asyncio.run(run()) for lp in delta.logprobs]
+    tokens = [lp.token_id for lp in entries]
+    with torch.no_grad():
+        expected = torch.log_softmax(reference(torch.tensor([ids + tokens])).logits[0, len(ids) - 1:-1], dim=-1)
+    for step, entry in enumerate(entries):
+        assert len(entry.top) == 3 and entry.top[0][0] == entry.token_id, "greedy takes the likeliest"
+        assert entry.logprob == pytest.approx(float(expected[step, entry.token_id]), abs=1e-4)
+        assert [v for _, v in entry.top] == sorted((v for _, v in entry.top), reverse=True)

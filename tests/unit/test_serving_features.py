@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
 
+from solo.serving.engine import TokenLogprob
 from solo.serving.gateway import build_gateway
 from solo.serving.security import Limits, RateLimiter, digest, read_key_digests
 from solo.serving.tools import ToolCallStream
@@ -224,10 +227,98 @@ def test_the_tool_call_parser_handles_any_split_and_bad_calls():
     assert cut.push(f"x{TOOL_CALL_OPEN}{{\"na", final=True).content == f"x{TOOL_CALL_OPEN}{{\"na"
 
 
-def test_forcing_a_tool_or_a_json_format_is_refused_not_ignored(tokenizer):
-    client = gateway(FakeEngine([1]), tokenizer)
-    for extra in ({"tools": TOOLS, "tool_choice": "required"},
-                  {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "lookup"}}},
-                  {"response_format": {"type": "json_object"}}):
-        response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **extra})
-        assert response.status_code == 400 and "not supported" in response.json()["error"]["message"]
+def test_a_forced_tool_call_is_constrained_and_parsed_from_the_reply(tokenizer):
+    arguments = '{"name": "lookup", "arguments": {"q": "json"}}'
+    close = tokenizer.convert_tokens_to_ids(TOOL_CALL_CLOSE)
+    for choice in ("required", {"type": "function", "function": {"name": "lookup"}}):
+        engine = FakeEngine([*tokenizer.encode(arguments, add_special_tokens=False), close])
+        client = gateway(engine, tokenizer)
+        body = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "tools": TOOLS,
+                                                         "tool_choice": choice}).json()
+        (call,) = body["choices"][0]["message"]["tool_calls"]
+        assert call["function"] == {"name": "lookup", "arguments": '{"q": "json"}'}
+        assert body["choices"][0]["finish_reason"] == "tool_calls"
+        prompt_ids, params = engine.calls[0]
+        assert prompt_ids[-1] == tokenizer.convert_tokens_to_ids(TOOL_CALL_OPEN), "the call marker opens the reply"
+        assert params.stop_token_ids == (close,)
+        assert json.loads(params.json_schema)["properties"]["name"] == {"const": "lookup"}
+    stream = gateway(FakeEngine([*tokenizer.encode(arguments, add_special_tokens=False), close]), tokenizer).post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": USER, "tools": TOOLS, "tool_choice": "required",
+                                      "stream": True})
+    chunks = [c for c in events(stream) if c != "[DONE]" and c["choices"]]
+    calls = [c for chunk in chunks for c in chunk["choices"][0]["delta"].get("tool_calls") or []]
+    assert [c["function"]["name"] for c in calls] == ["lookup"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_response_format_reaches_the_engine_as_a_schema_and_a_bad_schema_is_a_400(tokenizer):
+    engine = scripted(tokenizer, '{"a": 1}')
+    client = gateway(engine, tokenizer)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    body = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}}).json()
+    assert json.loads(body["choices"][0]["message"]["content"]) == {"a": 1}
+    assert json.loads(engine.calls[0][1].json_schema) == schema
+    client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER,
+                                              "response_format": {"type": "json_object"}})
+    assert json.loads(engine.calls[1][1].json_schema) == {"type": "object"}
+    response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}}}})
+    assert_error(response, 400, param="response_format", code="invalid_value")
+
+
+class Scored(FakeEngine):
+    """The fake engine, with made-up log-probabilities on each token when they are asked for."""
+
+    async def generate(self, prompt_ids, params):
+        async for delta in super().generate(prompt_ids, params):
+            if params.logprobs is not None:
+                (token,) = delta.token_ids
+                delta = replace(delta, logprobs=[TokenLogprob(token, -0.5, [(token, -0.5), (7, -1.5)][:params.logprobs])])
+            yield delta
+
+
+def test_logprobs_in_chat_and_completions_streamed_and_not(tokenizer):
+    text = " and then"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    client = gateway(Scored([*ids, tokenizer.convert_tokens_to_ids(END_OF_TURN)]), tokenizer)
+    body = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "logprobs": True,
+                                                     "top_logprobs": 2}).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert [entry["token"] for entry in content] == [tokenizer.decode([i]) for i in ids], "no entry for the stop token"
+    assert bytes(b for entry in content for b in entry["bytes"]).decode() == text
+    assert all(e["logprob"] == -0.5 and [t["logprob"] for t in e["top_logprobs"]] == [-0.5, -1.5] for e in content)
+    plain = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER}).json()
+    assert plain["choices"][0]["logprobs"] is None
+    chunks = [c for c in events(client.post("/v1/chat/completions", json={
+        "model": MODEL, "messages": USER, "logprobs": True, "stream": True})) if c != "[DONE]"]
+    streamed = [e for c in chunks if c["choices"][0].get("logprobs") for e in c["choices"][0]["logprobs"]["content"]]
+    assert [e["token"] for e in streamed] == [e["token"] for e in content] and all(not e["top_logprobs"] for e in streamed)
+    legacy = client.post("/v1/completions", json={"model": MODEL, "prompt": "Once", "logprobs": 1}).json()
+    logprobs = legacy["choices"][0]["logprobs"]
+    assert "".join(logprobs["tokens"]) == legacy["choices"][0]["text"] == text
+    assert logprobs["token_logprobs"] == [-0.5] * len(ids) and len(logprobs["top_logprobs"]) == len(ids)
+    assert logprobs["text_offset"][0] == 0 and logprobs["text_offset"][-1] == len(text) - len(logprobs["tokens"][-1])
+
+
+def test_n_choices_each_from_its_own_generation(tokenizer):
+    engine = scripted(tokenizer, " and then")
+    client = gateway(engine, tokenizer)
+    body = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "n": 3, "seed": 10}).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert {c["message"]["content"] for c in body["choices"]} == {" and then"}
+    assert sorted(params.seed for _, params in engine.calls) == [10, 11, 12], "seeded choices stay reproducible"
+    one = len(tokenizer.encode(" and then", add_special_tokens=False)) + 1
+    assert body["usage"]["completion_tokens"] == 3 * one
+    chunks = [c for c in events(client.post("/v1/chat/completions", json={
+        "model": MODEL, "messages": USER, "n": 2, "stream": True, "stream_options": {"include_usage": True}}))
+        if c != "[DONE]"]
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
+        assert "".join(c["delta"].get("content") or "" for c in mine) == " and then"
+        assert mine[-1]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2 * one
+    text = client.post("/v1/completions", json={"model": MODEL, "prompt": "Once", "n": 2, "max_tokens": 20}).json()
+    assert [c["text"] for c in text["choices"]] == [" and then"] * 2
+    in_flight = re.search(r"^solo_requests_in_flight\{[^}]*\} (\S+)$", client.get("/metrics").text, re.M)
+    assert float(in_flight.group(1)) == 0, "every choice's admission was given back"

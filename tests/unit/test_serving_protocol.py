@@ -69,20 +69,26 @@ def test_tools_are_dropped_when_tool_choice_is_none():
     assert not request(tools=tools, tool_choice="none").parses_tool_calls
 
 
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
-def test_forcing_a_tool_call_is_refused_until_decoding_can_enforce_it(choice):
-    tools = [{"type": "function", "function": {"name": "f"}}]
-    with pytest.raises(ValidationError, match="not supported"):
-        request(tools=tools, tool_choice=choice)
+def test_a_forced_tool_must_be_one_of_the_tools():
+    tools = [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]
+    assert [t.function.name for t in request(tools=tools, tool_choice="required").forced_tools] == ["f", "g"]
+    named = request(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}})
+    assert [t.function.name for t in named.forced_tools] == ["g"]
+    assert request(tools=tools, tool_choice="auto").forced_tools == []
+    with pytest.raises(ValidationError, match="no tool named 'h'"):
+        request(tools=tools, tool_choice={"type": "function", "function": {"name": "h"}})
 
 
-def test_tool_choice_needs_tools_and_json_formats_are_refused():
+def test_tool_choice_needs_tools_and_response_formats_give_their_schema():
     with pytest.raises(ValidationError, match="only allowed when tools"):
         request(tool_choice="auto")
-    for kind in ("json_object", "json_schema"):
-        with pytest.raises(ValidationError, match="not supported"):
-            request(response_format={"type": kind, "json_schema": {"name": "x", "schema": {}}})
-    assert request(response_format={"type": "text"}).response_format.type == "text"
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert request(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+                   ).response_format.output_schema() == schema
+    assert request(response_format={"type": "json_object"}).response_format.output_schema() == {"type": "object"}
+    assert request(response_format={"type": "text"}).response_format.output_schema() is None
+    with pytest.raises(ValidationError, match="needs the 'json_schema' object"):
+        request(response_format={"type": "json_schema"})
 
 
 def test_completion_requests():
@@ -90,14 +96,15 @@ def test_completion_requests():
     assert r.max_tokens == 16, "OpenAI's default for /v1/completions"
     assert CompletionRequest.model_validate({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
     for bad in ({"prompt": ["a", "b"]}, {"prompt": []}, {"prompt": "x", "echo": True}, {"prompt": "x", "best_of": 2},
-                {"prompt": "x", "logprobs": 2}, {"prompt": "x", "suffix": "y"}, {"prompt": 5}):
+                {"prompt": "x", "logprobs": 6}, {"prompt": "x", "suffix": "y"}, {"prompt": 5}):
         with pytest.raises(ValidationError):
             CompletionRequest.model_validate({"model": "m", **bad})
 
 
 @pytest.mark.parametrize("fields", [
-    {"temperature": "1"}, {"max_tokens": 1.5}, {"stream": 1}, {"seed": "7"}, {"n": 3},
-    {"presence_penalty": 2.5}, {"frequency_penalty": "1"}, {"logprobs": True}, {"top_logprobs": 2}, {"logit_bias": {"1": 5}}, {"top_p": 1.5},
+    {"temperature": "1"}, {"max_tokens": 1.5}, {"stream": 1}, {"seed": "7"}, {"n": 0}, {"n": 17},
+    {"presence_penalty": 2.5}, {"frequency_penalty": "1"}, {"logprobs": 1}, {"top_logprobs": 2},
+    {"logprobs": True, "top_logprobs": 21}, {"logit_bias": {"1": 5}}, {"top_p": 1.5},
     {"stream_options": {"include_usage": True}},
 ])
 def test_wrong_types_and_unsupported_values_are_refused(fields):

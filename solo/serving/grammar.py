@@ -1,0 +1,61 @@
+"""Grammar-constrained decoding for JSON output, with xgrammar (the library vLLM's structured
+outputs use), so `response_format` and forced tool calls mean the same on every engine.
+
+Before each sampled token the matcher masks every token the JSON schema cannot take next; the
+token sampled is then fed back to it. Once the JSON is whole, only a stop token is allowed.
+Whitespace between JSON tokens is not allowed: a small model would otherwise spend its budget
+on indentation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import torch
+
+ANY_OBJECT = json.dumps({"type": "object"})
+
+
+def check_schema(schema: dict[str, Any]) -> str:
+    """The schema as the engines take it; a ValueError says why xgrammar cannot use it."""
+    import xgrammar
+
+    text = json.dumps(schema)
+    try:
+        xgrammar.Grammar.from_json_schema(text, any_whitespace=False)
+    except Exception as error:  # xgrammar raises RuntimeError or ValueError, with the reason
+        raise ValueError(f"the JSON schema cannot be enforced: {str(error).splitlines()[0]}") from None
+    return text
+
+
+class Grammars:
+    """Matchers for one vocabulary. Compiled grammars are cached per (schema, stop tokens)."""
+
+    def __init__(self, tokenizer: Callable[[], Any], vocab_size: int):
+        self._tokenizer = tokenizer  # called once, on the first constrained request
+        self.vocab_size = vocab_size
+        self._compilers: dict[tuple[int, ...], Any] = {}
+
+    def matcher(self, schema: str, stop_token_ids: tuple[int, ...]):
+        import xgrammar
+
+        compiler = self._compilers.get(stop_token_ids)
+        if compiler is None:
+            tokenizer = self._tokenizer()
+            if tokenizer is None:
+                raise ValueError("constrained output needs the engine to know the model's tokenizer")
+            info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size,
+                                                           stop_token_ids=list(stop_token_ids))
+            compiler = self._compilers[stop_token_ids] = xgrammar.GrammarCompiler(info, max_threads=1)
+        return xgrammar.GrammarMatcher(compiler.compile_json_schema(schema, any_whitespace=False))
+
+    def mask(self, matcher, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` [vocab] with every token the grammar forbids next at -inf."""
+        import xgrammar
+
+        bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
+        matcher.fill_next_token_bitmask(bitmask)
+        logits = logits.float().clone()
+        xgrammar.apply_token_bitmask_inplace(logits, bitmask)
+        return logits
