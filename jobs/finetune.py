@@ -1,11 +1,23 @@
-"""Instruction-tune a model (SFT): conversations through the chat template, loss on assistant tokens only.
+"""Instruction-tune a model: full SFT, LoRA or QLoRA on conversations, loss on assistant tokens only.
 
-CPU:
-    python -m jobs.finetune --run demo
-    python -m jobs.finetune --model ~/.solo/runs/demo/pretrain/model --data chats.jsonl --output /tmp/sft
-GPU:
+CPU (QLoRA: 4-bit NF4 base, LoRA adapters; a few minutes on two cores with the demo model):
+    python -m jobs.finetune --config configs/finetune/qlora-cpu.yaml --model ~/.solo/runs/default/pretrain/model \
+        --data ../shared/data/alpaca/alpaca_5000.json
+    python -m jobs.finetune --run demo                       # full SFT of the run's pretrained model
+    python -m jobs.finetune --run demo --set method=lora --set lora.rank=8
+GPU (one worker per GPU; QLoRA computes in bf16 there by itself, its adapters stay fp32):
+    python -m jobs.finetune --config configs/finetune/qlora-cpu.yaml --model PATH --data chats.jsonl \
+        --set device=cuda --set workers=1
     python -m jobs.finetune --run demo --set device=cuda --set workers=1 --set strategy.precision=bf16
-`--data` is a jsonl of {"messages": [...]} (OpenAI style); default: pairs from the embedded corpus.
+
+`--data` is a jsonl or JSON list of conversations: OpenAI `messages` (tool calls and tool results too),
+Alpaca (`instruction`, `input`, `output`) or ShareGPT (`conversations: [{from, value}]`), told apart
+per record (`--set format=...` to insist on one); malformed records are counted by reason in
+rows/report.json and skipped. Default data: pairs from the embedded corpus. `--model` is a Hugging
+Face folder (its tokenizer and chat template come with it); default: the run's pretrain/.
+Writes sft/ (or --output): rows/, metrics.csv, model/ (full SFT, or the merged adapters with
+`merge: true`) and adapter/ (peft format, also registered as $SOLO_HOME/adapters/<adapter_name or run>/).
+A killed run resumes from its last checkpoint when submitted again.
 """
 
 import sys

@@ -1,8 +1,10 @@
-"""Clean raw text into parquet: normalize, length rules, exact dedup over the whole corpus.
+"""Clean raw text into parquet: normalize, filter, exact and MinHash near dedup over the whole
+corpus, eval decontamination, domain mixing. A killed run, run again, resumes where it stopped.
 
 CPU or GPU machine alike (Ray Data on CPUs):
     python -m jobs.prepare_data --input ~/notes --input corpus.jsonl --run mine
     python -m jobs.prepare_data --config configs/data/default.yaml --output /tmp/clean
+    python -m jobs.prepare_data --config configs/data/dedup-only.yaml --input corpus.jsonl --output /tmp/dedup
 Writes data/ (parquet), dropped/ (what each rule dropped, and why), report.json and report.md.
 """
 

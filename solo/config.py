@@ -49,14 +49,184 @@ class InputSpec(Schema):
     id_field: str | None = "id"
     domain: str = "default"
     max_documents: int | None = Field(default=None, ge=1)
+    quality_filters: bool | None = Field(
+        default=None, description="run the web-text rules (language id, Gopher, C4, FineWeb) on this input; off for "
+                                  "code or docs, which trip them. Default: on, except for the embedded corpus")
+
+    def applies_quality_filters(self) -> bool:
+        return self.quality_filters if self.quality_filters is not None else self.path != "embedded"
+
+
+# Quality rules as FineWeb ran them (datatrove's defaults). A threshold set to null turns its rule off.
+
+
+class GopherQualityConfig(Schema):
+    enabled: bool = True
+    min_doc_words: int | None = Field(default=50, ge=0, description="words that are not only punctuation")
+    max_doc_words: int | None = Field(default=100_000, ge=1)
+    min_avg_word_length: float | None = Field(default=3, ge=0)
+    max_avg_word_length: float | None = Field(default=10, ge=0)
+    max_symbol_word_ratio: float | None = Field(default=0.1, ge=0, description="'#' and ellipses per word")
+    max_bullet_lines_ratio: float | None = Field(default=0.9, ge=0, le=1, description="lines starting with • or -")
+    max_ellipsis_lines_ratio: float | None = Field(default=0.3, ge=0, le=1, description="lines ending with ... or …")
+    min_alpha_words_ratio: float | None = Field(default=0.8, ge=0, le=1, description="words with a letter")
+    min_stop_words: int | None = Field(default=2, ge=0, description="distinct stop words the document must have")
+    stop_words: list[str] = ["the", "be", "to", "of", "and", "that", "have", "with"]
+
+
+class GopherRepetitionConfig(Schema):
+    enabled: bool = True
+    dup_line_frac: float | None = Field(default=0.3, ge=0, le=1, description="lines repeating an earlier line")
+    dup_para_frac: float | None = Field(default=0.3, ge=0, le=1)
+    dup_line_char_frac: float | None = Field(default=0.2, ge=0, le=1, description="characters in repeated lines")
+    dup_para_char_frac: float | None = Field(default=0.2, ge=0, le=1)
+    top_n_grams: dict[int, float] = Field(default={2: 0.2, 3: 0.18, 4: 0.16},
+                                          description="n → most frequent n-gram's share of the characters")
+    dup_n_grams: dict[int, float] = Field(default={5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+                                          description="n → share of the characters in repeated n-grams")
+
+
+class C4Config(Schema):
+    """C4's rules: lines are removed (too few words, javascript, cookie and terms-of-use lines,
+    citations), pages dropped (lorem ipsum, a curly bracket, too few sentences)."""
+
+    enabled: bool = True
+    filter_no_terminal_punct: bool = Field(default=False, description="remove lines not ending in . ? ! \" ' "
+                                                                      "(off, as FineWeb ran it)")
+    min_num_sentences: int | None = Field(default=5, ge=0)
+    min_words_per_line: int | None = Field(default=3, ge=0)
+    max_word_length: int | None = Field(default=1000, ge=1, description="lines with a longer word are removed")
+    remove_citations: bool = True
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+class FineWebConfig(Schema):
+    enabled: bool = True
+    line_punct_thr: float | None = Field(default=0.12, ge=0, le=1, description="least share of lines ending in "
+                                                                              "terminal punctuation")
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float | None = Field(default=0.67, ge=0, le=1, description="most share of short lines")
+    short_line_length: int = Field(default=30, ge=1)
+    char_duplicates_ratio: float | None = Field(default=0.01, ge=0, le=1, description="characters in repeated lines")
+    new_line_ratio: float | None = Field(default=0.3, ge=0, description="most newlines per word (list-like pages)")
+
+
+class LanguageConfig(Schema):
+    """Language identification with py3langid (its model ships in the package)."""
+
+    enabled: bool = True
+    languages: list[str] = Field(default=["en"], min_length=1, description="ISO 639-1 codes to keep")
+    threshold: float = Field(default=0.65, ge=0, le=1, description="least probability of a kept language")
+
+
+class PIIConfig(Schema):
+    """Personal data in kept text replaced by placeholders."""
+
+    enabled: bool = True
+    email: bool = True
+    ip: bool = True
+    phone: bool = True
+
+
+class BoilerplateConfig(Schema):
+    """Lines repeated across many documents of one domain (menus, "Jump to navigation") removed."""
+
+    enabled: bool = True
+    min_documents: int = Field(default=10, ge=2, description="documents of a domain a line must appear in")
+
+
+class FilterConfig(Schema):
+    """Cleaning after normalization, in FineWeb's order: boilerplate lines, language, Gopher
+    repetition, Gopher quality, C4, FineWeb; then PII in the kept text."""
+
+    boilerplate: BoilerplateConfig = BoilerplateConfig()
+    language: LanguageConfig = LanguageConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    c4: C4Config = C4Config()
+    fineweb: FineWebConfig = FineWebConfig()
+    pii: PIIConfig = PIIConfig()
+
+
+class DedupConfig(Schema):
+    """Dedup over the whole corpus: exact (normalized text hash), then MinHash-LSH near-dedup whose
+    candidate pairs are verified by the exact Jaccard similarity of their shingle sets before any
+    cluster is merged. The survivor of a cluster is its smallest id."""
+
+    exact: bool = True
+    near: bool = True
+    shingle_words: int = Field(default=5, ge=1, le=16, description="words per shingle")
+    bands: int = Field(default=14, ge=1, description="LSH bands; a pair is a candidate when one band matches")
+    rows_per_band: int = Field(default=8, ge=1, description="MinHash values per band")
+    threshold: float = Field(default=0.7, gt=0, le=1, description="Jaccard of the shingle sets a candidate pair "
+                             "needs to count as a duplicate; 0.7 is about where 14 × 8 LSH turns, (1/14)^(1/8)")
+    seed: int = Field(default=1, description="picks the MinHash permutations")
+    verify_memory_mb: int = Field(default=256, ge=1, description="shingle sets held at once while verifying pairs")
+
+
+EvalSetKind = Literal["gsm8k", "mmlu", "arc"]
+
+
+class EvalSetSpec(Schema):
+    """One evaluation set to keep out of the training data."""
+
+    kind: EvalSetKind
+    path: str = Field(description="a file or folder; relative paths from the repo root")
+    name: str | None = Field(default=None, description="what `decontam:<name>` says; default: the kind")
+
+    def label(self) -> str:
+        return self.name or self.kind
+
+    def resolved(self) -> Path:
+        return (checkout_root() / Path(self.path).expanduser()).resolve()
+
+
+class DecontamConfig(Schema):
+    """Drop documents that share a long word n-gram (lowercased, punctuation stripped) with an
+    evaluation set, so later scores mean something. No sets named: nothing is checked."""
+
+    sets: list[EvalSetSpec] = []
+    ngram_words: int = Field(default=13, ge=4, le=16)
+
+
+class MixingConfig(Schema):
+    """Domain weights over the kept documents: a domain is repeated (weight above its share) or
+    sampled down (below it), deterministically for a seed. No weights: no mixing. Domains the
+    weights do not name keep all their documents and sit outside the mix."""
+
+    weights: dict[str, float] = Field(default_factory=dict, description="domain → share, e.g. {web: 0.45}")
+    total_documents: int | None = Field(default=None, ge=1, description="documents of the mixed domains after "
+                                                                         "mixing; default: as many as before")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> "MixingConfig":
+        if any(w < 0 for w in self.weights.values()) or (self.weights and sum(self.weights.values()) <= 0):
+            raise ValueError("mixing weights must be non-negative with a positive sum")
+        return self
 
 
 class DataConfig(Schema):
     inputs: list[InputSpec] = [InputSpec(path="embedded", domain="python-docs")]
     min_chars: int = Field(default=100, ge=0)
     max_chars: int = Field(default=200_000, ge=1)
-    exact_dedup: bool = True
+    filters: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
+    decontamination: DecontamConfig = DecontamConfig()
+    mixing: MixingConfig = MixingConfig()
     rows_per_shard: int = Field(default=20_000, ge=1)
+
+    @model_validator(mode="after")
+    def _one_quality_setting_per_domain(self) -> "DataConfig":
+        # The cleaning step knows a record's domain, not its input: a domain's inputs must agree.
+        settings: dict[str, bool] = {}
+        for spec in self.inputs:
+            if settings.setdefault(spec.domain, spec.applies_quality_filters()) != spec.applies_quality_filters():
+                raise ValueError(f"inputs of domain {spec.domain!r} disagree on quality_filters")
+        return self
 
 
 # ---------------------------------------------------------------- tokenizer and token shards
@@ -120,6 +290,10 @@ class TrainConfig(Schema):
     max_failures: int = Field(default=3, ge=0, description="worker failures survived by restarting from the last checkpoint")
     seed: int = 0
 
+    def trains_adapters(self) -> bool:
+        """Whether only LoRA adapters train (on a frozen, possibly 4-bit, base)."""
+        return False
+
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":
         per_step = self.micro_batch * self.workers
@@ -130,13 +304,45 @@ class TrainConfig(Schema):
         return self
 
 
+class LoraSettings(Schema):
+    """Low-rank adapters (peft): W + (alpha / rank) · B·A on each target module, W frozen."""
+
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0, description="scale of the update is alpha / rank")
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1,
+        description="names of the Linear modules that get adapters (Llama's attention and MLP projections)")
+
+
+class QuantizationSettings(Schema):
+    """How QLoRA stores the frozen base (bitsandbytes 4-bit); unused by `sft` and `lora`."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(default=True, description="quantize the quantization constants too (~0.4 bit/param saved)")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="dtype the 4-bit weights are dequantized to for each matmul; auto: bf16 on a GPU, fp32 on CPU")
+
+
 class FinetuneConfig(TrainConfig):
-    method: Literal["sft"] = "sft"
-    data: str = Field(default="embedded", description="'embedded', or a jsonl of OpenAI-style messages")
+    method: Literal["sft", "lora", "qlora"] = Field(
+        default="sft", description="sft: every weight; lora: adapters on a frozen base; qlora: adapters on a 4-bit base")
+    data: str = Field(default="embedded", description="'embedded', or a file of conversations (see `format`)")
+    format: Literal["auto", "messages", "alpaca", "sharegpt"] = Field(
+        default="auto", description="record layout of `data` (jsonl, or a JSON list); auto: detected per record")
     max_examples: int | None = Field(default=None, ge=1)
     seq_len: int = Field(default=256, ge=8)
+    pack: bool = Field(default=True, description="several conversations per row, each attending only to itself")
+    lora: LoraSettings = LoraSettings()
+    quantization: QuantizationSettings = QuantizationSettings()
+    adapter_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$",
+                                     description="name in $SOLO_HOME/adapters/; default: the run's name")
+    merge: bool = Field(default=True, description="also write the adapters merged into a full model (model/)")
     max_steps: int = 60
     optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5)
+
+    def trains_adapters(self) -> bool:
+        return self.method != "sft"
 
 
 # ---------------------------------------------------------------- evaluation

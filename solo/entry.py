@@ -86,6 +86,8 @@ def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from:
             inputs[data_from] = args.data.expanduser().resolve()
         if model_from and args.model:
             inputs[model_from] = args.model.expanduser().resolve()
+            if stage == "finetune":  # a Hugging Face folder carries its own tokenizer and chat template
+                inputs["tokenizer"] = inputs[model_from]
         manifest = run_stage(stage, config, RunStore.named(args.run), inputs, args.output, from_raw_inputs=bool(raw))
         print(json.dumps(manifest.metrics, indent=2))
         return 0

@@ -42,6 +42,7 @@ class Stage:
     section: str | None                # which part of PipelineConfig configures it
     upstream: tuple[str, ...]
     run: Callable[[StageContext], dict]
+    also_reads: tuple[str, ...] = ()   # settings of other sections it depends on, dotted
 
 
 def model_dir(folder: Path) -> Path:
@@ -100,14 +101,26 @@ def run_finetune(ctx: StageContext) -> dict:
     from solo.train import TrainJob, run_training
 
     cfg = ctx.config.finetune
-    rows = build_sft_rows(tok.load(ctx.inputs["tokenizer"]), cfg.data, cfg.max_examples, cfg.seq_len,
-                          ctx.output / "rows")
-    ctx.log(f"finetune: {rows['train_rows']:,} conversations to learn from, {rows['val_rows']:,} held out, "
-            f"{rows['skipped']:,} skipped")
+    rows = build_sft_rows(tok.load(ctx.inputs["tokenizer"]), cfg, ctx.output / "rows")
+    ctx.log(f"finetune ({cfg.method}): {rows['conversations']:,} conversations in {rows['train_rows']:,} rows to "
+            f"learn from, {rows['val_rows']:,} held out, {rows['skipped']:,} records skipped (rows/report.json)")
+    base = model_dir(ctx.inputs["pretrain"])
+    if cfg.trains_adapters():
+        from solo.adapters import check_target_modules
+
+        check_target_modules(base, cfg)
     job = TrainJob(config=cfg, train_dir=str(ctx.output / "rows" / "train"), val_dir=str(ctx.output / "rows" / "val"),
-                   tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output),
-                   init_model_dir=str(model_dir(ctx.inputs["pretrain"])))
-    return {**run_training(job), **rows}
+                   tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output), init_model_dir=str(base))
+    metrics = {**run_training(job), **rows}
+    if cfg.trains_adapters():
+        from solo.store import register_adapter
+
+        name = cfg.adapter_name or ctx.config.run
+        registered = register_adapter(name, ctx.output / "adapter", base_model=str(base), method=cfg.method,
+                                      metrics=metrics)
+        ctx.log(f"finetune: adapter {name!r} registered at {registered}")
+        metrics["adapter"] = name
+    return metrics
 
 
 def run_evaluate(ctx: StageContext) -> dict:
@@ -166,7 +179,8 @@ def run_export(ctx: StageContext) -> dict:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare_data", "data", "data", (), run_prepare_data),
-    Stage("tokenizer", "tokenizer", "tokenizer", ("prepare_data",), run_tokenizer),
+    # The tokenizer report measures compression on the documents tokenize will hold out.
+    Stage("tokenizer", "tokenizer", "tokenizer", ("prepare_data",), run_tokenizer, ("tokenize.val_fraction",)),
     Stage("tokenize", "tokens", "tokenize", ("prepare_data", "tokenizer"), run_tokenize),
     Stage("pretrain", "pretrain", "pretrain", ("tokenize", "tokenizer"), run_pretrain),
     Stage("finetune", "sft", "finetune", ("pretrain", "tokenizer"), run_finetune),
@@ -198,7 +212,20 @@ def raw_input_keys(config: PipelineConfig) -> dict[str, str]:
 
 def _config_hash(config: PipelineConfig, stage: Stage) -> str:
     # The export's only setting is the run name (its folder); the others have their own section.
-    return getattr(config, stage.section).fingerprint() if stage.section else config.run
+    if stage.section is None:
+        return config.run
+    fingerprint = getattr(config, stage.section).fingerprint()
+    if not stage.also_reads:
+        return fingerprint
+    read = {dotted: _setting(config, dotted) for dotted in stage.also_reads}
+    return hashlib.sha256((fingerprint + json.dumps(read, sort_keys=True)).encode()).hexdigest()[:16]
+
+
+def _setting(config: PipelineConfig, dotted: str):
+    value = config
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def _input_key(folder: Path) -> str:

@@ -3,6 +3,7 @@
     $SOLO_HOME/                       default ~/.solo
       runs/<run>/<stage>/             a finished stage's outputs and its manifest.json
       runs/<run>/<stage>.partial/     a stage at work; kept after a crash so it can resume
+      adapters/<name>/                LoRA/QLoRA adapters in peft's format, with adapter.json (base, method, metrics)
 
 DeepSpeed's compiled CPU ops belong to the machine, not to a store: they are cached once in
 $TORCH_EXTENSIONS_DIR, default ~/.cache/solo/torch_extensions, whatever SOLO_HOME says.
@@ -96,6 +97,54 @@ class RunStore:
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
+
+
+ADAPTER_MANIFEST = "adapter.json"
+
+
+class AdapterManifest(BaseModel):
+    """What an adapter is for: the base it was trained on, how, and how it did."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    base_model: str
+    method: str
+    created_at: float
+    metrics: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+def adapters_dir() -> Path:
+    return solo_home() / "adapters"
+
+
+def register_adapter(name: str, source: Path, base_model: str, method: str, metrics: dict) -> Path:
+    """Copy a peft adapter folder into the store under `name` (replacing an older one of that name), whole or not at all."""
+    final = adapters_dir() / name
+    staging = final.with_name(f".{name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    manifest = AdapterManifest(name=name, base_model=base_model, method=method, created_at=time.time(),
+                               metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+    write_json_atomic(staging / ADAPTER_MANIFEST, manifest.model_dump(mode="json"))
+    if final.exists():
+        stale = final.with_name(f".{name}.stale-{os.getpid()}-{time.time_ns()}")
+        os.replace(final, stale)
+        os.replace(staging, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    return final
+
+
+def find_adapter(name: str) -> tuple[Path, AdapterManifest]:
+    """A registered adapter's folder (load it with `peft.PeftModel.from_pretrained`) and its manifest."""
+    from solo.errors import SoloError
+
+    folder = adapters_dir() / name
+    if not (folder / ADAPTER_MANIFEST).is_file():
+        known = sorted(p.name for p in adapters_dir().glob("*") if (p / ADAPTER_MANIFEST).is_file())
+        raise SoloError(f"no adapter named {name!r} in {adapters_dir()} (registered: {', '.join(known) or 'none'})")
+    return folder, AdapterManifest.model_validate_json((folder / ADAPTER_MANIFEST).read_text())
 
 
 

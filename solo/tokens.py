@@ -3,6 +3,8 @@
     tokens/{train,val}/index.json         seq_len, dtype, shards with their row counts
     tokens/{train,val}/shard_00000.npy    uint16 (uint32 when the vocabulary needs it) [rows, seq_len]
     tokens/{train,val}/shard_00000.labels.npy   optional int32 [rows, seq_len]: -100 where no loss
+    tokens/{train,val}/shard_00000.positions.npy   optional int32 [rows, seq_len]: position ids, 0 where
+                                          each packed conversation starts (fine-tuning rows)
 
 Train and validation are split by document (a hash of its id), never inside one. The
 loader gives each of N workers a disjoint, deterministic slice of every global batch, and its
@@ -13,11 +15,13 @@ unseen row on the same or a different number of workers (what holds: `ShardLoade
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -33,73 +37,108 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 
 
+def write_index(folder: Path, seq_len: int, dtype: np.dtype, shards: list[dict], documents: int,
+                labels: bool = False, positions: bool = False) -> dict:
+    """The split's index, written last: a folder without one is not a split."""
+    index = {"seq_len": seq_len, "dtype": np.dtype(dtype).name, "labels": labels, "positions": positions,
+             "documents": documents, "rows": sum(s["rows"] for s in shards), "shards": shards}
+    (folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return index
+
+
 class ShardWriter:
     """Writes rows into numbered shards and an index; the index is written last, on close."""
 
-    def __init__(self, folder: Path, seq_len: int, dtype: np.dtype, rows_per_shard: int, with_labels: bool = False):
-        self.folder, self.seq_len, self.dtype = folder, seq_len, dtype
-        self.rows_per_shard, self.with_labels = rows_per_shard, with_labels
+    def __init__(self, folder: Path, seq_len: int, dtype: np.dtype, rows_per_shard: int, with_labels: bool = False,
+                 prefix: str = "shard", with_positions: bool = False):
+        self.folder, self.seq_len, self.dtype, self.prefix = folder, seq_len, dtype, prefix
+        self.rows_per_shard, self.with_labels, self.with_positions = rows_per_shard, with_labels, with_positions
         self.rows: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.positions: list[np.ndarray] = []
         self.shards: list[dict] = []
         self.documents = 0
         folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, row: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def add(self, row: np.ndarray, labels: np.ndarray | None = None, positions: np.ndarray | None = None) -> None:
         self.rows.append(row)
         if self.with_labels:
             self.labels.append(labels)
+        if self.with_positions:
+            self.positions.append(positions)
         if len(self.rows) >= self.rows_per_shard:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if not self.rows:
             return
-        name = f"shard_{len(self.shards):05d}"
+        name = f"{self.prefix}_{len(self.shards):05d}"
         np.save(self.folder / f"{name}.npy", np.stack(self.rows).astype(self.dtype))
         if self.with_labels:
             np.save(self.folder / f"{name}.labels.npy", np.stack(self.labels).astype(np.int32))
+        if self.with_positions:
+            np.save(self.folder / f"{name}.positions.npy", np.stack(self.positions).astype(np.int32))
         self.shards.append({"name": name, "rows": len(self.rows)})
-        self.rows, self.labels = [], []
+        self.rows, self.labels, self.positions = [], [], []
 
     def close(self) -> dict:
-        self._flush()
-        index = {"seq_len": self.seq_len, "dtype": self.dtype.name, "labels": self.with_labels,
-                 "documents": self.documents, "rows": sum(s["rows"] for s in self.shards), "shards": self.shards}
-        (self.folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-        return index
+        self.flush()
+        return write_index(self.folder, self.seq_len, self.dtype, self.shards, self.documents, self.with_labels,
+                           self.with_positions)
 
 
-class Packer:
-    """Concatenates documents (each followed by EOS) and cuts the stream into rows of seq_len."""
-
-    def __init__(self, writer: ShardWriter, eos_id: int):
-        self.writer, self.eos_id = writer, eos_id
-        self.buffer: list[int] = []
-
-    def add_document(self, ids: Iterable[int]) -> None:
-        self.buffer.extend(ids)
-        self.buffer.append(self.eos_id)
-        self.writer.documents += 1
-        seq_len = self.writer.seq_len
-        while len(self.buffer) >= seq_len:
-            self.writer.add(np.asarray(self.buffer[:seq_len]))
-            del self.buffer[:seq_len]
-
-    def close(self) -> dict:
-        # The tail shorter than a row is dropped: padding it would teach the model padding.
-        return self.writer.close()
+def pack(documents: Sequence[Sequence[int]], eos_id: int, seq_len: int, dtype: np.dtype
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Documents, each followed by EOS, as one stream cut into rows of `seq_len`:
+    (rows [n, seq_len], the tail shorter than a row)."""
+    total = sum(len(d) for d in documents) + len(documents)
+    stream = np.fromiter(itertools.chain.from_iterable(itertools.chain(d, (eos_id,)) for d in documents),
+                         dtype=dtype, count=total)
+    full = len(stream) // seq_len * seq_len
+    return stream[:full].reshape(-1, seq_len), stream[full:]
 
 
-def encode_batch(batch: dict, tokenizer, val_fraction: float) -> dict:
-    ids = tokenizer(list(batch["text"]), add_special_tokens=False)["input_ids"]
-    return {"id": batch["id"], "ids": ids, "bytes": [len(t.encode()) for t in batch["text"]],
-            "val": [is_validation(i, val_fraction) for i in batch["id"]]}
+def _block_name(ids: Sequence[str]) -> str:
+    """A name for a block's shards that a retried task gives again (so it overwrites, never adds)."""
+    return hashlib.sha1("\x1f".join(ids).encode()).hexdigest()[:16]
+
+
+def encode_and_pack(batch: dict, tokenizer, output: str, seq_len: int, val_fraction: float,
+                    rows_per_shard: int) -> dict:
+    """One Ray Data task: encode a batch of documents, pack each split's into rows, and write the
+    full rows as shards under `output/<split>/`. What leaves the task is a row per split with the
+    shard names and the tail shorter than a row, which the driver packs at the end: the driver
+    touches no token but those tails, so the stage scales with the cores Ray gives it."""
+    # One core per task: Ray runs as many tasks as it has cores, and a tokenizer that spread
+    # each task over every core as well would only make them fight.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
+    # The Rust tokenizer itself: the Python wrapper would also build attention masks no one reads.
+    encoded = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    dtype = token_dtype(len(tokenizer))
+    out: dict[str, list] = {k: [] for k in ("split", "shards", "tail", "documents", "tokens", "bytes")}
+    for split in ("train", "val"):
+        members = [i for i, doc_id in enumerate(ids) if is_validation(doc_id, val_fraction) == (split == "val")]
+        rows, tail = pack([encoded[i] for i in members], tokenizer.eos_token_id, seq_len, dtype)
+        shards = []
+        for part, start in enumerate(range(0, len(rows), rows_per_shard)):
+            name = f"block_{_block_name(ids)}_{part:03d}"
+            np.save(Path(output) / split / f"{name}.npy", rows[start:start + rows_per_shard])
+            shards.append({"name": name, "rows": len(rows[start:start + rows_per_shard])})
+        out["split"].append(split)
+        out["shards"].append(json.dumps(shards))
+        out["tail"].append(tail.astype(np.uint32).tobytes())
+        out["documents"].append(len(members))
+        out["tokens"].append(len(rows) * seq_len + len(tail))
+        out["bytes"].append(sum(len(texts[i].encode()) for i in members))
+    return out
 
 
 def tokenize(data_dir: Path, tokenizer, output: Path, seq_len: int, val_fraction: float, rows_per_shard: int,
-             progress=print) -> dict:
-    """Encode `data_dir` (the data stage's parquet) with Ray Data and pack it into shards."""
+             progress=print, batch_size: int = 512) -> dict:
+    """Encode `data_dir` (the data stage's parquet) with Ray Data, packed into shards under
+    `output/{train,val}`: every task writes the full rows of its own documents (shards in document
+    order, as Ray Data keeps it), and the tails of all tasks, in order, become the last shards."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -107,19 +146,45 @@ def tokenize(data_dir: Path, tokenizer, output: Path, seq_len: int, val_fraction
     ctx.enable_progress_bars = False
     started = time.time()
     dtype = token_dtype(len(tokenizer))
-    packers = {split: Packer(ShardWriter(output / split, seq_len, dtype, rows_per_shard), tokenizer.eos_token_id)
-               for split in ("train", "val")}
+    for split in ("train", "val"):
+        (output / split).mkdir(parents=True, exist_ok=True)
+    import pyarrow.dataset
+
+    total_documents = pyarrow.dataset.dataset(str(data_dir), format="parquet").count_rows()  # footers only
     ds = ray.data.read_parquet(str(data_dir)).select_columns(["id", "text"])
-    ds = ds.map_batches(encode_batch, fn_kwargs={"tokenizer": tokenizer, "val_fraction": val_fraction}, batch_size=256)
-    tokens = 0
-    val_bytes = val_tokens = 0
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
-        for ids, size, val in zip(batch["ids"], batch["bytes"], batch["val"]):
-            packers["val" if val else "train"].add_document(ids)
-            tokens += len(ids) + 1
-            if val:
-                val_bytes, val_tokens = val_bytes + int(size), val_tokens + len(ids) + 1
-    indexes = {split: packer.close() for split, packer in packers.items()}
+    # A parquet file is read by one task, and the data stage may write one big file: cut the stream
+    # into batch-sized blocks so that each core gets its own share to encode.
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
+    ds = ds.map_batches(encode_and_pack, batch_size=batch_size, batch_format="numpy", fn_kwargs={
+        "tokenizer": tokenizer, "output": str(output), "seq_len": seq_len, "val_fraction": val_fraction,
+        "rows_per_shard": rows_per_shard})
+    shards: dict[str, list[dict]] = {"train": [], "val": []}
+    tails = {split: ShardWriter(output / split, seq_len, dtype, rows_per_shard, prefix="tail") for split in shards}
+    buffers: dict[str, list[int]] = {"train": [], "val": []}
+    totals = {split: {"documents": 0, "tokens": 0, "bytes": 0} for split in shards}
+    last_report = started
+    for part in ds.iter_rows():
+        split = part["split"]
+        shards[split] += json.loads(part["shards"])
+        buffers[split].extend(np.frombuffer(part["tail"], dtype=np.uint32).tolist())
+        while len(buffers[split]) >= seq_len:
+            tails[split].add(np.asarray(buffers[split][:seq_len]))
+            del buffers[split][:seq_len]
+        for key in totals[split]:
+            totals[split][key] += int(part[key])
+        if time.time() - last_report > 10:
+            last_report = time.time()
+            done = totals["train"]["documents"] + totals["val"]["documents"]
+            rate = done / (last_report - started)
+            progress(f"tokenize: {done:,}/{total_documents:,} documents ({rate:,.0f}/s, "
+                     f"ETA {(total_documents - done) / max(rate, 1e-9):.0f} s)")
+    indexes = {}
+    for split in shards:
+        # The last tail shorter than a row is dropped: padding it would teach the model padding.
+        tails[split].flush()
+        indexes[split] = write_index(output / split, seq_len, dtype, shards[split] + tails[split].shards,
+                                     totals[split]["documents"])
+    tokens = totals["train"]["tokens"] + totals["val"]["tokens"]
     seconds = time.time() - started
     progress(f"tokenize: {tokens:,} tokens → {indexes['train']['rows']:,} train and "
              f"{indexes['val']['rows']:,} val rows of {seq_len} ({tokens / seconds:,.0f} tokens/s)")
@@ -127,9 +192,10 @@ def tokenize(data_dir: Path, tokenizer, output: Path, seq_len: int, val_fraction
         from solo.errors import SoloError
 
         raise SoloError(f"too little text for one training row of {seq_len} tokens: add data or lower tokenize.seq_len")
+    val = totals["val"]
     return {"tokens": tokens, "train_rows": indexes["train"]["rows"], "val_rows": indexes["val"]["rows"],
             "tokens_per_s": round(tokens / seconds),
-            "bytes_per_token": round(val_bytes / val_tokens, 4) if val_tokens else 0.0}
+            "bytes_per_token": round(val["bytes"] / val["tokens"], 4) if val["tokens"] else 0.0}
 
 
 class TokenShards:
@@ -142,6 +208,8 @@ class TokenShards:
         self._tokens = [np.load(self.folder / f"{s['name']}.npy", mmap_mode="r") for s in self.index["shards"]]
         self._labels = ([np.load(self.folder / f"{s['name']}.labels.npy", mmap_mode="r") for s in self.index["shards"]]
                         if self.index["labels"] else None)
+        self._positions = ([np.load(self.folder / f"{s['name']}.positions.npy", mmap_mode="r")
+                            for s in self.index["shards"]] if self.index.get("positions") else None)
         self._starts = np.cumsum([0] + [s["rows"] for s in self.index["shards"]])
 
     def __len__(self) -> int:
@@ -157,6 +225,13 @@ class TokenShards:
             tokens.append(row)
             labels.append(np.asarray(self._labels[shard][local], dtype=np.int64) if self._labels else row)
         return np.stack(tokens), np.stack(labels)
+
+    def positions(self, indices: np.ndarray) -> np.ndarray | None:
+        """Position ids [len(indices), seq_len] of packed rows; None where rows are plain token streams."""
+        if self._positions is None:
+            return None
+        located = [(int(np.searchsorted(self._starts, i, side="right") - 1), i) for i in indices]
+        return np.stack([np.asarray(self._positions[s][int(i - self._starts[s])], dtype=np.int64) for s, i in located])
 
 
 @dataclass
@@ -196,7 +271,8 @@ class ShardLoader:
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def indices(self) -> Iterator[np.ndarray]:
+        """This worker's row numbers, one micro-batch at a time."""
         order = self._order(self.state.epoch)
         while True:
             if self.state.position + self.global_micro > len(order):
@@ -204,4 +280,8 @@ class ShardLoader:
                 order = self._order(self.state.epoch)
             start = self.state.position + self.rank * self.micro_batch
             self.state.position += self.global_micro
-            yield self.shards.rows(order[start:start + self.micro_batch])
+            yield order[start:start + self.micro_batch]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for indices in self.indices():
+            yield self.shards.rows(indices)

@@ -56,6 +56,15 @@ def deepspeed_config(config: TrainConfig, workers: int) -> dict:
         zero["offload_param"] = {"device": strategy.offload_params, "pin_memory": False}
     if strategy.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    optimizer_params: dict = {}
+    if config.trains_adapters():
+        # LoRA/QLoRA: plain data parallelism (ZeRO stage 0), whatever `strategy` says. ZeRO-3 would
+        # have to partition the frozen base, and a 4-bit bitsandbytes weight (uint8 plus its
+        # quantization state) cannot be split and regathered by it; what is left to shard, the
+        # adapters and their optimizer state, is a few MB, so neither sharding nor offload pays.
+        # torch's AdamW, since DeepSpeed's fused one needs CUDA and its CPU one needs offload.
+        zero = {"stage": 0}
+        optimizer_params["torch_adam"] = True
     return {
         "train_micro_batch_size_per_gpu": config.micro_batch,
         "gradient_accumulation_steps": accumulation,
@@ -66,7 +75,7 @@ def deepspeed_config(config: TrainConfig, workers: int) -> dict:
         "fp16": {"enabled": strategy.precision == "fp16"},
         "optimizer": {"type": "AdamW", "params": {
             "lr": config.optim.lr, "betas": [config.optim.beta1, config.optim.beta2],
-            "weight_decay": config.optim.weight_decay}},
+            "weight_decay": config.optim.weight_decay, **optimizer_params}},
         "steps_per_print": 10**9,  # our own log line replaces DeepSpeed's
         "wall_clock_breakdown": False,
     }
@@ -101,7 +110,7 @@ class CheckpointSink:
     """Where checkpoints go (Ray Train's storage, under Ray)."""
 
     def latest(self) -> Path | None: ...
-    def save(self, engine, step: int, client_state: dict, metrics: dict) -> None: ...
+    def save(self, engine, step: int, client_state: dict, metrics: dict, exclude_frozen: bool = False) -> None: ...
     def report(self, metrics: dict) -> None: ...
 
 
@@ -118,11 +127,12 @@ class RaySink(CheckpointSink):
         self._restored = tempfile.mkdtemp(prefix="solo-restore-")
         return Path(checkpoint.to_directory(self._restored))
 
-    def save(self, engine, step, client_state, metrics):
+    def save(self, engine, step, client_state, metrics, exclude_frozen=False):
         import ray.train
 
         with tempfile.TemporaryDirectory(prefix="solo-ckpt-") as folder:
-            engine.save_checkpoint(folder, tag=f"step_{step:08d}", client_state=client_state)
+            engine.save_checkpoint(folder, tag=f"step_{step:08d}", client_state=client_state,
+                                   exclude_frozen_parameters=exclude_frozen)
             # Every rank uploads its own ZeRO shard into the same checkpoint.
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
@@ -142,7 +152,7 @@ def _record_restart(output_dir: Path, step: int) -> None:
         write_manifest(output_dir, manifest)
 
 
-def build_model(job: TrainJob, ds_config: dict):
+def build_model(job: TrainJob, ds_config: dict, device):
     """The model, created (or loaded) straight into ZeRO-3 partitions when stage 3 is on.
 
     Returns the model and the `HfDeepSpeedConfig` that must stay alive while it trains:
@@ -154,7 +164,11 @@ def build_model(job: TrainJob, ds_config: dict):
     from solo import model as presets
     from solo.tokenizer import load, stop_token_ids
 
-    zero3 = HfDeepSpeedConfig(ds_config) if job.config.strategy.zero_stage == 3 else None
+    zero3 = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
+    if job.config.trains_adapters():
+        from solo.adapters import adapter_model
+
+        return adapter_model(job.init_model_dir, job.config, device), zero3
     if job.init_model_dir:
         return LlamaForCausalLM.from_pretrained(job.init_model_dir, dtype="float32"), zero3
     tokenizer = load(job.tokenizer_dir)
@@ -187,16 +201,21 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     torch.manual_seed(config.seed)
 
     ds_config = deepspeed_config(config, workers)
-    model, _zero3_alive = build_model(job, ds_config)
+    model, _zero3_alive = build_model(job, ds_config, device)
+    # from_pretrained hands back a model in eval mode, where transformers skips activation
+    # checkpointing and dropout (LoRA's included) is off.
+    model.train()
     if config.strategy.activation_checkpointing:
         model.gradient_checkpointing_enable()
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     accumulation = ds_config["gradient_accumulation_steps"]
 
     step, state = 0, LoaderState()
     restored = sink.latest()
     if restored is not None:
-        _, client = engine.load_checkpoint(str(restored))  # the tag DeepSpeed recorded in `latest`
+        # The tag DeepSpeed recorded in `latest`; adapter checkpoints hold the adapters alone.
+        _, client = engine.load_checkpoint(str(restored), load_module_strict=not config.trains_adapters())
         step, state = client["step"], LoaderState(**client["loader"])
         torch.set_rng_state(client["torch_rng"])
         if rank == 0:
@@ -204,7 +223,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
             print(f"resumed from step {step} (epoch {state.epoch}, row {state.position})", flush=True)
 
     train = ShardLoader(TokenShards(Path(job.train_dir)), rank, workers, config.micro_batch, config.seed, state)
-    batches = iter(train)
+    batches = train.indices()
     val = TokenShards(Path(job.val_dir)) if job.val_dir and (Path(job.val_dir) / "index.json").exists() else None
     seq_len = train.shards.seq_len
     flops_per_token = presets.flops_per_token(engine.module.config, seq_len)
@@ -212,10 +231,14 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     log = MetricsLog(output, enabled=rank == 0)
     if rank == 0:
         params = presets.parameter_count(engine.module.config)
-        print(f"model {config.model}: {params / 1e6:.1f}M parameters, {flops_per_token / 1e6:.1f} MFLOPs/token; "
-              f"{workers} workers × micro-batch {config.micro_batch} × {accumulation} accumulation = "
-              f"{config.global_batch} sequences/step; ZeRO-{config.strategy.zero_stage}, "
-              f"offload optimizer={config.strategy.offload_optimizer} params={config.strategy.offload_params}; "
+        if config.trains_adapters():
+            what = (f"{config.method} (rank {config.lora.rank}) on a {params / 1e6:.1f}M-parameter base: "
+                    f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trainable, data parallel (ZeRO-0)")
+        else:
+            what = (f"model {config.model}: {params / 1e6:.1f}M parameters; ZeRO-{config.strategy.zero_stage}, offload "
+                    f"optimizer={config.strategy.offload_optimizer} params={config.strategy.offload_params}")
+        print(f"{what}; {flops_per_token / 1e6:.1f} MFLOPs/token; {workers} workers × micro-batch "
+              f"{config.micro_batch} × {accumulation} accumulation = {config.global_batch} sequences/step; "
               f"engine ready in {time.time() - setup_started:.1f} s", flush=True)
 
     metrics: dict = {}
@@ -228,8 +251,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
         for _ in range(accumulation):
-            input_ids, labels = next(batches)
-            out = engine(input_ids=torch.from_numpy(input_ids).to(device), labels=torch.from_numpy(labels).to(device))
+            out = engine(**model_inputs(train.shards, next(batches), device))
             engine.backward(out.loss)
             engine.step()
             loss_sum += out.loss.detach().float()
@@ -260,7 +282,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
 
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             client_state = {"step": step, "loader": vars(train.state).copy(), "torch_rng": torch.get_rng_state()}
-            sink.save(engine, step, client_state, metrics or {"step": step, "loss": loss})
+            sink.save(engine, step, client_state, metrics or {"step": step, "loss": loss},
+                      exclude_frozen=config.trains_adapters())
         elif metrics.get("step") == step:
             sink.report(metrics)
 
@@ -278,29 +301,46 @@ def validation_loss(engine, val, rank: int, workers: int, config: TrainConfig, d
     # Every rank must run the same number of forward passes under ZeRO-3, since they gather
     # parameters together; so whole global batches only, and the same first rows every time
     # so curves compare step to step.
+    # A held-out set smaller than one global batch is still scored: its rows wrap around.
     per_batch = config.micro_batch * workers
-    batches = min(len(val) // per_batch, config.eval_batches)
-    if batches == 0:
+    if len(val) == 0:
         return float("nan")
+    batches = max(1, min(len(val) // per_batch, config.eval_batches))
     engine.eval()
     total = torch.zeros((), device=device)
     with torch.no_grad():
         for b in range(batches):
             start = b * per_batch + rank * config.micro_batch
-            input_ids, labels = val.rows(np.arange(start, start + config.micro_batch))
-            out = engine(input_ids=torch.from_numpy(input_ids).to(device), labels=torch.from_numpy(labels).to(device))
+            out = engine(**model_inputs(val, np.arange(start, start + config.micro_batch) % len(val), device))
             total += out.loss.detach().float()
     dist.all_reduce(total)
     engine.train()
     return total.item() / (batches * workers)
 
 
+def model_inputs(shards, indices, device) -> dict:
+    """The model's keyword arguments for these rows: position ids too where rows are packed
+    conversations (they are what keeps one conversation from attending to another; see solo.sft)."""
+    import torch
+
+    input_ids, labels = shards.rows(indices)
+    # No KV cache: with one, transformers skips its packed-sequence detection and the position
+    # restarts would no longer separate conversations (and training never reads a cache anyway).
+    inputs = {"input_ids": torch.from_numpy(input_ids).to(device), "labels": torch.from_numpy(labels).to(device),
+              "use_cache": False}
+    positions = shards.positions(indices)
+    if positions is not None:
+        inputs["position_ids"] = torch.from_numpy(positions).to(device)
+    return inputs
+
+
 def export_model(engine, job: TrainJob, rank: int) -> None:
-    """Consolidate the (possibly sharded) weights into a Hugging Face folder on rank 0."""
-    from transformers import GenerationConfig
-
-    from solo.tokenizer import load, stop_token_ids
-
+    """Consolidate the (possibly sharded) weights into a Hugging Face folder on rank 0; for LoRA/QLoRA,
+    the adapters in peft's format under adapter/ and, with `merge`, the merged model under model/."""
+    if job.config.trains_adapters():
+        if rank == 0:
+            export_adapters(engine, job)
+        return
     if job.config.strategy.zero_stage == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers on every rank, returns on rank 0
     else:
@@ -309,10 +349,31 @@ def export_model(engine, job: TrainJob, rank: int) -> None:
         return
     target = Path(job.output_dir) / "model"
     engine.module.save_pretrained(str(target), state_dict=state_dict, safe_serialization=True)
+    save_tokenizer(job, target)
+
+
+def save_tokenizer(job: TrainJob, target: Path) -> None:
+    """The tokenizer (with its chat template) and the stop tokens beside the weights, as serving wants them."""
+    from transformers import GenerationConfig
+
+    from solo.tokenizer import load, stop_token_ids
+
     tokenizer = load(job.tokenizer_dir)
     tokenizer.save_pretrained(str(target))
     GenerationConfig(eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
                      max_new_tokens=256).save_pretrained(str(target))
+
+
+def export_adapters(engine, job: TrainJob) -> None:
+    from solo.adapters import merge_into_base
+
+    output = Path(job.output_dir)
+    # peft's own format: adapter_config.json (naming the base) and adapter_model.safetensors.
+    engine.module.save_pretrained(str(output / "adapter"))
+    save_tokenizer(job, output / "adapter")
+    if job.config.merge:
+        merge_into_base(job.init_model_dir, output / "adapter", output / "model")
+        save_tokenizer(job, output / "model")
 
 
 class MetricsLog:

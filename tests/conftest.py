@@ -30,3 +30,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     GenerationConfig(eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
                      max_new_tokens=256).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private in-process Ray of two CPUs for one test module, whatever cluster RAY_ADDRESS names."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()

@@ -117,15 +117,20 @@ def test_solo_demo_skips_what_is_trained_then_serves_and_answers(cluster, first_
 
 
 def test_a_changed_setting_reruns_that_stage_and_those_after_it(cluster, first_run):
+    """Switching the fine-tune to QLoRA reruns it on the cluster, registers the adapter, and the
+    merged model is what evaluate and export (and then `solo serve`) take."""
     before = manifest(cluster, "pretrain")["finished_at"]
-    changed = [o for o in SMALLEST if not o.startswith("finetune.max_steps")] + ["finetune.max_steps=2"]
+    changed = [o for o in SMALLEST if not o.startswith("finetune.max_steps")] + [
+        "finetune.max_steps=2", "finetune.method=qlora"]
     out = run([BIN / "solo", "submit", "pipeline", "--config", CONFIG, *sets(changed), "--wait"], cluster["env"])
     for stage in ("prepare_data", "tokenizer", "tokenize", "pretrain"):
         assert f"↷ {stage}: up to date" in out
     for stage in ("finetune", "evaluate", "export"):
         assert f"✓ {stage}" in out
     assert manifest(cluster, "pretrain")["finished_at"] == before
-    assert manifest(cluster, "sft")["metrics"]["step"] == 2
+    metrics = manifest(cluster, "sft")["metrics"]
+    assert metrics["step"] == 2 and metrics["host_peak_gb"] > 0
+    assert (cluster["home"] / "adapters" / metrics["adapter"] / "adapter_config.json").is_file()
 
 
 def test_solo_serve_answers_the_openai_client_and_stops_on_sigint(cluster, first_run):

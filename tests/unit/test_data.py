@@ -2,7 +2,7 @@ import gzip
 import json
 from pathlib import Path
 
-from solo.config import InputSpec
+from solo.config import DataConfig, FilterConfig, InputSpec, LanguageConfig
 from solo.data import clean, normalize, parse_file
 
 
@@ -34,6 +34,8 @@ def test_gzip_json_list_and_bad_utf8():
 def test_clean_applies_length_rules_and_keys_exact_duplicates():
     batch = {"id": ["1", "2", "3", "4"], "text": ["x" * 50, "short", "x" * 50, ""], "domain": ["d"] * 4,
              "reason": ["", "", "", ""], "duplicate_of": [""] * 4}
-    out = clean(batch, min_chars=10, max_chars=1000)
+    config = DataConfig(inputs=[InputSpec(path="x", domain="d", quality_filters=False)], min_chars=10, max_chars=1000,
+                        filters=FilterConfig(language=LanguageConfig(enabled=False)))
+    out = clean(batch, config)
     assert out["reason"] == ["", "too_short", "", "empty"]
     assert out["dedup_key"][0] == out["dedup_key"][2] != ""

@@ -67,3 +67,22 @@ def test_manifest_key_changes_with_config_and_inputs():
     assert manifest("a").key() != manifest("b").key()
     assert manifest("a", {"x": "1"}).key() != manifest("a", {"x": "2"}).key()
     assert manifest("a", {"x": "1"}).key() == manifest("a", {"x": "1"}).key()
+
+
+def test_adapters_are_registered_by_name_and_replaced_whole(tmp_path, monkeypatch):
+    from solo.errors import SoloError
+    from solo.store import find_adapter, register_adapter
+
+    monkeypatch.setenv("SOLO_HOME", str(tmp_path / "home"))
+    with pytest.raises(SoloError, match="no adapter named 'chat'.*registered: none"):
+        find_adapter("chat")
+    for version in ("1", "2"):
+        source = tmp_path / f"adapter{version}"
+        source.mkdir()
+        (source / "adapter_config.json").write_text(version)
+        register_adapter("chat", source, base_model="/models/base", method="qlora", metrics={"loss": 1.5, "x": [1]})
+    folder, registered = find_adapter("chat")
+    assert folder == tmp_path / "home" / "adapters" / "chat"
+    assert (folder / "adapter_config.json").read_text() == "2"
+    assert registered.method == "qlora" and registered.base_model == "/models/base" and registered.metrics == {"loss": 1.5}
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["chat"]  # nothing half-written left beside it

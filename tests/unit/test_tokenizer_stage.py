@@ -119,3 +119,14 @@ def test_pipeline_stage_trains_on_the_prepared_data(tmp_path, texts):
     metrics = run_tokenizer(StageContext(config, None, out, {"prepare_data": prepared}))
     assert metrics["vocab_size"] == len(tok.load(out)) == 500
     assert set(json.loads((out / "report.json").read_text())["held_out"]) == {"python-docs", "all"}
+
+
+def test_the_tokenizer_stage_reruns_when_the_held_out_split_changes_and_only_then():
+    from solo.config import PipelineConfig
+    from solo.pipeline import STAGE_BY_NAME, _config_hash
+
+    stage, base = STAGE_BY_NAME["tokenizer"], PipelineConfig()
+    changed = base.model_copy(update={"tokenize": base.tokenize.model_copy(update={"val_fraction": 0.2})})
+    unrelated = base.model_copy(update={"tokenize": base.tokenize.model_copy(update={"seq_len": 512})})
+    assert _config_hash(changed, stage) != _config_hash(base, stage)
+    assert _config_hash(unrelated, stage) == _config_hash(base, stage)

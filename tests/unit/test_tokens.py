@@ -1,24 +1,27 @@
 import numpy as np
 import pytest
 
-from solo.tokens import LoaderState, Packer, ShardLoader, ShardWriter, TokenShards, is_validation
+from solo.tokens import LoaderState, ShardLoader, ShardWriter, TokenShards, is_validation, pack
 
 
 def write_rows(folder, rows=40, seq_len=8, rows_per_shard=7):
-    writer = ShardWriter(folder, seq_len, np.dtype(np.uint16), rows_per_shard)
-    packer = Packer(writer, eos_id=0)
     rng = np.random.default_rng(0)
-    while sum(s["rows"] for s in writer.shards) + len(writer.rows) < rows:
-        packer.add_document(rng.integers(1, 100, size=int(rng.integers(3, 20))).tolist())
-    return packer.close()
+    documents = [rng.integers(1, 100, size=int(rng.integers(3, 20))).tolist() for _ in range(rows * seq_len // 5)]
+    packed, _ = pack(documents, eos_id=0, seq_len=seq_len, dtype=np.dtype(np.uint16))
+    writer = ShardWriter(folder, seq_len, np.dtype(np.uint16), rows_per_shard)
+    for row in packed[:rows]:
+        writer.add(row)
+    return writer.close()
 
 
 def test_packing_keeps_every_token_in_order_with_eos_between_documents(tmp_path):
+    rows, tail = pack([[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], eos_id=0, seq_len=4, dtype=np.dtype(np.uint16))
+    assert rows.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 10]] and tail.tolist() == [0]
     writer = ShardWriter(tmp_path, seq_len=4, dtype=np.dtype(np.uint16), rows_per_shard=2)
-    packer = Packer(writer, eos_id=0)
-    for doc in ([1, 2, 3], [4, 5], [6, 7, 8, 9, 10]):
-        packer.add_document(doc)
-    index = packer.close()
+    for row in rows:
+        writer.add(row)
+    writer.documents = 3
+    index = writer.close()
     shards = TokenShards(tmp_path)
     tokens, labels = shards.rows(np.arange(len(shards)))
     assert tokens.ravel().tolist() == [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10]

@@ -1,0 +1,185 @@
+"""Conversations from instruction-tuning files, whatever their layout, as OpenAI-style messages.
+
+    messages  {"messages": [{"role": "system|user|assistant|tool", "content": ...,
+                             "tool_calls": [{"function": {"name": ..., "arguments": ...}}]}], "tools": [...]}
+    alpaca    {"instruction": ..., "input": ..., "output": ...}
+    sharegpt  {"conversations": [{"from": "system|human|gpt|tool", "value": ...}]}
+
+A file is jsonl (one record a line) or one JSON list of records; `format: auto` recognises each
+record by its keys. A record that is not one of these is counted under the reason it failed and
+skipped: a bad line never stops a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from solo.errors import SoloError
+
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
+
+
+class Malformed(ValueError):
+    """A record that cannot be a conversation; its message is the reason it is counted under."""
+
+
+@dataclass
+class Conversation:
+    id: str
+    messages: list[dict]
+    tools: list[dict] | None = None
+
+
+@dataclass
+class SkipCounts:
+    """Records skipped, by reason (the reasons are short and fixed, so they tally)."""
+
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, reason: str) -> None:
+        self.reasons[reason] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.reasons.values())
+
+
+def detect_format(record: dict) -> str:
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    raise Malformed("unknown layout: no messages, conversations or instruction/output")
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise Malformed(f"{what} is not a string")
+    return value
+
+
+def _check_tool_calls(calls) -> None:
+    if not isinstance(calls, list) or not calls:
+        raise Malformed("tool_calls is not a non-empty list")
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise Malformed("tool call without a function name")
+        if not isinstance(function.get("arguments", {}), (str, dict)):
+            raise Malformed("tool call arguments are neither a JSON string nor an object")
+
+
+def from_messages(record: dict) -> list[dict]:
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise Malformed("messages is not a non-empty list")
+    out = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise Malformed("a message is not an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise Malformed("unknown role")
+        clean = {"role": role, "content": message.get("content")}
+        if role == "assistant" and message.get("tool_calls") is not None:
+            _check_tool_calls(message["tool_calls"])
+            clean["tool_calls"] = message["tool_calls"]
+            if clean["content"] is not None:
+                _text(clean["content"], "content")
+        else:
+            if not _text(clean["content"], "content").strip() and role != "tool":
+                raise Malformed("empty message")
+        out.append(clean)
+    return out
+
+
+def from_alpaca(record: dict) -> list[dict]:
+    instruction = _text(record.get("instruction"), "instruction").strip()
+    extra = _text(record.get("input") or "", "input").strip()
+    output = _text(record.get("output"), "output").strip()
+    if not instruction or not output:
+        raise Malformed("empty message")
+    prompt = f"{instruction}\n\n{extra}" if extra else instruction
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+
+
+def from_sharegpt(record: dict) -> list[dict]:
+    turns = record["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise Malformed("conversations is not a non-empty list")
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES:
+            raise Malformed("unknown ShareGPT speaker")
+        value = _text(turn.get("value"), "value")
+        if not value.strip():
+            raise Malformed("empty message")
+        out.append({"role": SHAREGPT_ROLES[turn["from"]], "content": value})
+    return out
+
+
+READERS = {"messages": from_messages, "alpaca": from_alpaca, "sharegpt": from_sharegpt}
+
+
+def to_conversation(record, layout: str, fallback_id: str) -> Conversation:
+    """One record as a conversation, or `Malformed` with the reason it is not one."""
+    if not isinstance(record, dict):
+        raise Malformed("not a JSON object")
+    layout = detect_format(record) if layout == "auto" else layout
+    try:
+        messages = READERS[layout](record)
+    except KeyError as missing:
+        raise Malformed(f"no {missing.args[0]} field ({layout} layout)") from None
+    if not any(m["role"] == "assistant" for m in messages):
+        raise Malformed("no assistant turn")
+    tools = record.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise Malformed("tools is not a list")
+    return Conversation(str(record.get("id", fallback_id)), messages, tools)
+
+
+def _records(path: Path) -> Iterator[tuple[int, object]]:
+    """(number, parsed record) from a jsonl file or one JSON list; a line that is not JSON yields an error."""
+    with path.open(encoding="utf-8", errors="replace") as file:
+        head = file.read(4096).lstrip()
+        file.seek(0)
+        if head.startswith("["):
+            try:
+                records = json.load(file)
+            except json.JSONDecodeError as error:
+                raise SoloError(f"finetune data {path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+            yield from enumerate(records)
+            return
+        for number, line in enumerate(file):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                yield number, Malformed("not JSON")
+
+
+def read_conversations(source: str, layout: str, max_examples: int | None, skipped: SkipCounts) -> Iterator[Conversation]:
+    """Conversations from a file, each malformed record tallied in `skipped` by reason."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise SoloError(f"finetune data {source} does not exist: pass a jsonl or JSON list of conversations "
+                        "(messages, Alpaca or ShareGPT), or `embedded`")
+    count = 0
+    for number, record in _records(path):
+        if max_examples is not None and count >= max_examples:
+            return
+        try:
+            if isinstance(record, Malformed):
+                raise record
+            yield to_conversation(record, layout, f"{path.name}:{number}")
+            count += 1
+        except Malformed as reason:
+            skipped.add(str(reason))

@@ -1,0 +1,121 @@
+"""LoRA and QLoRA through the real training loop (DeepSpeed on a one-process gloo group, 4-bit NF4
+base on CPU), without Ray: the checkpoint sink here keeps checkpoints in a folder, as Ray Train's does."""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from solo.config import FinetuneConfig, checkout_root, load_config
+from solo.runtime import worker_env
+from solo.train import CheckpointSink, TrainJob, deepspeed_config, train_worker
+
+for key, value in worker_env().items():
+    os.environ.setdefault(key, value)
+
+ALPACA = (checkout_root() / "../shared/data/alpaca/alpaca_5000.json").resolve()
+
+
+class FolderSink(CheckpointSink):
+    """Each checkpoint in a folder of its own, like Ray Train's; `resume_from` plays a restarted worker."""
+
+    def __init__(self, root: Path, resume_from: Path | None = None):
+        self.root, self.resume_from = root, resume_from
+
+    def latest(self):
+        return self.resume_from
+
+    def save(self, engine, step, client_state, metrics, exclude_frozen=False):
+        engine.save_checkpoint(str(self.root / f"step_{step}"), tag=f"step_{step:08d}", client_state=client_state,
+                               exclude_frozen_parameters=exclude_frozen)
+
+    def report(self, metrics):
+        pass
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    import deepspeed
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    yield
+    dist.destroy_process_group()
+
+
+def alpaca_rows(tokenizer_dir: Path, config: FinetuneConfig, folder: Path) -> Path:
+    from solo.sft import build_sft_rows
+    from solo.tokenizer import load
+
+    build_sft_rows(load(tokenizer_dir), config, folder, val_fraction=0.1)
+    return folder
+
+
+def test_adapters_train_without_zero3_partitioning():
+    config = load_config(FinetuneConfig, None, ["method=qlora"])
+    assert config.strategy.zero_stage == 3  # what the section says, for full SFT
+    ds = deepspeed_config(config, workers=2)
+    assert ds["zero_optimization"] == {"stage": 0} and ds["optimizer"]["params"]["torch_adam"]
+
+
+def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_dir, process_group):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(FinetuneConfig, None, [
+        "method=qlora", f"data={ALPACA}", "max_examples=40", "seq_len=64", "workers=1", "micro_batch=2",
+        "global_batch=2", "max_steps=3", "checkpoint_every=1", "log_every=3", "lora.rank=4",
+        "lora.target_modules=[q_proj, v_proj, down_proj]", "optim.lr=0.01"])
+    rows = alpaca_rows(tiny_model_dir, config, tmp_path / "rows")
+
+    def job(output: Path) -> TrainJob:
+        output.mkdir()
+        return TrainJob(config=config, train_dir=str(rows / "train"), val_dir=str(rows / "val"),
+                        tokenizer_dir=str(tiny_model_dir), output_dir=str(output), init_model_dir=str(tiny_model_dir))
+
+    straight = tmp_path / "straight"
+    metrics = train_worker(job(straight), FolderSink(tmp_path / "ckpt"))
+    assert metrics["step"] == 3 and metrics["host_peak_gb"] > 0
+    adapter = straight / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    # Adapter checkpoints hold the adapters and their optimizer state, not the frozen base's weights
+    # (4-bit layers leave their small quantization constants, which are buffers, not parameters).
+    saved = torch.load(next((tmp_path / "ckpt" / "step_1").rglob("mp_rank_00_model_states.pt")), weights_only=False)
+    assert any("lora_" in name for name in saved["module"])
+    assert not any(name.endswith(("proj.weight", "layernorm.weight")) for name in saved["module"])
+
+    # A worker restarted from the step-1 checkpoint ends with the same adapters as the straight run.
+    resumed = tmp_path / "resumed"
+    train_worker(job(resumed), FolderSink(tmp_path / "ckpt2", resume_from=tmp_path / "ckpt" / "step_1"))
+    from safetensors.torch import load_file
+
+    a, b = load_file(adapter / "adapter_model.safetensors"), load_file(resumed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B starts at zero: it learned
+
+    # The adapters load with peft, and the merged export is a plain model equal to base + adapters.
+    tokens = torch.tensor([[5, 17, 300, 42, 9, 77]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with_adapters = PeftModel.from_pretrained(base, str(adapter)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(straight / "model").eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        assert torch.allclose(with_adapters(input_ids=tokens).logits, merged(input_ids=tokens).logits, atol=1e-4)
+    assert (straight / "model" / "tokenizer.json").is_file()
+    shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)
+
+
+def test_a_target_module_the_model_lacks_is_named_before_any_worker_starts(tiny_model_dir):
+    from solo.adapters import check_target_modules
+    from solo.errors import SoloError
+
+    check_target_modules(tiny_model_dir, load_config(FinetuneConfig, None, ["method=lora"]))
+    with pytest.raises(SoloError, match="c_attn not in .*its Linear modules: down_proj"):
+        check_target_modules(tiny_model_dir, load_config(FinetuneConfig, None, ["lora.target_modules=[q_proj, c_attn]"]))
