@@ -117,6 +117,18 @@ def adapters_dir() -> Path:
     return solo_home() / "adapters"
 
 
+def replace_folder(staged: Path, final: Path) -> None:
+    """Put a whole staged folder at `final`; an older one there is moved aside first, then removed,
+    so `final` is never half old, half new."""
+    if final.exists():
+        stale = final.with_name(f".{final.name}.stale-{os.getpid()}-{time.time_ns()}")
+        os.replace(final, stale)
+        os.replace(staged, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+
+
 def register_adapter(name: str, source: Path, base_model: str, method: str, metrics: dict) -> Path:
     """Copy a peft adapter folder into the store under `name` (replacing an older one of that name), whole or not at all."""
     final = adapters_dir() / name
@@ -126,13 +138,7 @@ def register_adapter(name: str, source: Path, base_model: str, method: str, metr
     manifest = AdapterManifest(name=name, base_model=base_model, method=method, created_at=time.time(),
                                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
     write_json_atomic(staging / ADAPTER_MANIFEST, manifest.model_dump(mode="json"))
-    if final.exists():
-        stale = final.with_name(f".{name}.stale-{os.getpid()}-{time.time_ns()}")
-        os.replace(final, stale)
-        os.replace(staging, final)
-        shutil.rmtree(stale, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+    replace_folder(staging, final)
     return final
 
 
@@ -181,10 +187,4 @@ def staged_output(final: Path, manifest: Manifest) -> Iterator[Path]:
     manifest.duration_s = round(manifest.finished_at - manifest.started_at, 3)
     manifest.outputs = sorted(str(p.relative_to(partial)) for p in partial.iterdir() if p.name != MANIFEST)
     write_manifest(partial, manifest)
-    if final.exists():
-        stale = final.with_name(f"{final.name}.stale-{os.getpid()}-{time.time_ns()}")
-        os.replace(final, stale)
-        os.replace(partial, final)
-        shutil.rmtree(stale, ignore_errors=True)
-    else:
-        os.replace(partial, final)
+    replace_folder(partial, final)

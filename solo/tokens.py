@@ -115,14 +115,14 @@ def encode_and_pack(batch: dict, tokenizer, output: str, seq_len: int, val_fract
     ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
     # The Rust tokenizer itself: the Python wrapper would also build attention masks no one reads.
     encoded = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
-    dtype = token_dtype(len(tokenizer))
+    dtype, block = token_dtype(len(tokenizer)), _block_name(ids)
     out: dict[str, list] = {k: [] for k in ("split", "shards", "tail", "documents", "tokens", "bytes")}
     for split in ("train", "val"):
         members = [i for i, doc_id in enumerate(ids) if is_validation(doc_id, val_fraction) == (split == "val")]
         rows, tail = pack([encoded[i] for i in members], tokenizer.eos_token_id, seq_len, dtype)
         shards = []
         for part, start in enumerate(range(0, len(rows), rows_per_shard)):
-            name = f"block_{_block_name(ids)}_{part:03d}"
+            name = f"block_{block}_{part:03d}"
             np.save(Path(output) / split / f"{name}.npy", rows[start:start + rows_per_shard])
             shards.append({"name": name, "rows": len(rows[start:start + rows_per_shard])})
         out["split"].append(split)

@@ -36,6 +36,7 @@ class Grammars:
         self._tokenizer = tokenizer  # called once, on the first constrained request
         self.vocab_size = vocab_size
         self._compilers: dict[tuple[int, ...], Any] = {}
+        self._bitmask = None  # one, reused: sequences are masked one at a time, on one thread
 
     def matcher(self, schema: str, stop_token_ids: tuple[int, ...]):
         import xgrammar
@@ -54,8 +55,9 @@ class Grammars:
         """`logits` [vocab] with every token the grammar forbids next at -inf."""
         import xgrammar
 
-        bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
-        matcher.fill_next_token_bitmask(bitmask)
+        if self._bitmask is None:
+            self._bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
+        matcher.fill_next_token_bitmask(self._bitmask)
         logits = logits.float().clone()
-        xgrammar.apply_token_bitmask_inplace(logits, bitmask)
+        xgrammar.apply_token_bitmask_inplace(logits, self._bitmask)
         return logits
