@@ -93,7 +93,8 @@ def bench_engine(model: Path, levels: list[int], max_tokens: int, threads: int, 
     return asyncio.run(run_all())
 
 
-def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int) -> list[dict]:
+def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int,
+                 stream_interval: int) -> list[dict]:
     import openai
 
     from solo.config import ServeConfig
@@ -103,7 +104,8 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = ServeConfig(model=str(model), name="bench", port=port, max_concurrent=max(levels),
-                         replica_cpus=threads, max_queue=4 * max(levels), rate_limit_rpm=0)
+                         replica_cpus=threads, max_queue=4 * max(levels), rate_limit_rpm=0,
+                         stream_interval=stream_interval)
     with serving(config) as url:
         client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
 
@@ -129,6 +131,8 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
 
 
 def main() -> None:
+    from solo.config import ServeConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported HF folder; default: a random Llama built here")
     parser.add_argument("--preset", default="demo", help="model size when building one (solo.model.PRESETS)")
@@ -137,6 +141,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="requests each client sends back to back")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, like a replica's num_cpus")
+    parser.add_argument("--stream-interval", type=int, default=ServeConfig().stream_interval,
+                        help="tokens per streamed message after the first (ServeConfig.stream_interval)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     gateway_levels = [int(x) for x in args.gateway_levels.split(",") if x]
@@ -144,19 +150,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or build_model(Path(tmp), args.preset)
         engine = bench_engine(model, levels, args.max_tokens, args.threads, args.rounds)
-        served = bench_served(model, gateway_levels, args.max_tokens, args.threads, args.rounds) if gateway_levels else []
+        served = (bench_served(model, gateway_levels, args.max_tokens, args.threads, args.rounds, args.stream_interval)
+                  if gateway_levels else [])
 
     by_level = {r["concurrency"]: r for r in engine}
     speedup = {c: round(by_level[c]["tokens_per_s"] / by_level[levels[0]]["tokens_per_s"], 2) for c in levels}
     overhead = {s["concurrency"]: round(1 - s["tokens_per_s"] / by_level[s["concurrency"]]["tokens_per_s"], 3)
                 for s in served if s["concurrency"] in by_level}
     report = {"model": str(args.model or f"random {args.preset}"), "max_tokens": args.max_tokens,
-              "threads": args.threads, "rounds": args.rounds, "engine": engine, "served": served,
+              "threads": args.threads, "rounds": args.rounds, "stream_interval": args.stream_interval,
+              "engine": engine, "served": served,
               "speedup_vs_1_client": speedup, "gateway_overhead_tokens_per_s": overhead}
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# CPU serving: {report['model']}, {args.max_tokens} tokens a request, {args.threads} thread(s)", "",
+    lines = [f"# CPU serving: {report['model']}, {args.max_tokens} tokens a request, {args.threads} thread(s), "
+             f"stream_interval {args.stream_interval}", "",
              "| path | clients | requests | output tok/s | × one client | TTFT p50 ms | TTFT p99 ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in engine:

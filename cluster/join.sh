@@ -3,6 +3,7 @@
 #
 #   cluster/join.sh HEAD_IP:6379 [--num-gpus N] [--num-cpus N]
 #
+# The head runs `solo up` (or cluster/head.sh, under Ray's launcher: cluster/onprem.yaml).
 # Before: on this machine, `make install` in a checkout of the same commit as the head; copy the
 # head's token (~/.ray/auth_token on the head) to ~/.ray/auth_token here; mount the artifact store
 # at the same path as on the head and point SOLO_HOME at it (checkpoints must be seen by every node).

@@ -7,24 +7,47 @@ Ray Serve LLM does. The logic lives in `solo.serving`; this file only wires it t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from solo.config import ServeConfig
-from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams
-from solo.serving.run import model_folder, served_name
+from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, in_messages
+from solo.serving.plan import ModelPlan, build_engine, deployment_options
 from solo.serving.security import Limits, read_key_digests
+
+
+class _LoadedAdapter:
+    """What the multiplexed loader caches; Serve calls `__del__` when it evicts one."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def __del__(self) -> None:
+        self.engine.retire()
 
 
 @serve.deployment
 class LLMServer:
-    def __init__(self, model_dir: str, max_concurrent: int):
-        # Imported here so the driver, which only builds the app, never loads torch.
-        from solo.serving.cpu_engine import CpuEngine
+    """One model's replica: its engine, and the LoRA adapters trained on it, each loaded when a
+    request first names it (Ray Serve model multiplexing routes such requests to a replica that
+    has it loaded, when one has)."""
 
-        self.engine = CpuEngine(model_dir, max_concurrent)
+    def __init__(self, plan: ModelPlan, max_concurrent: int, message_tokens: int, message_delay_s: float):
+        # The engine's module is imported there, so the driver, which only builds the app, never loads torch.
+        self.engine = build_engine(plan, max_concurrent)
+        self.message_tokens, self.message_delay_s = message_tokens, message_delay_s
+        folders = {adapter.name: adapter.folder for adapter in plan.adapters}
+
+        async def load_adapter(name: str) -> _LoadedAdapter:
+            # Reading and merging weights blocks: off the event loop, which streams other requests.
+            return _LoadedAdapter(await asyncio.to_thread(self.engine.with_adapter, name, folders[name]))
+
+        # Wired here, not as a decorated method, because the cache size is the model's setting.
+        self.adapter = serve.multiplexed(max_num_models_per_replica=plan.settings.max_adapters_per_replica)(
+            load_adapter)
 
     def max_context(self) -> int:
         return self.engine.max_context
@@ -33,16 +56,20 @@ class LLMServer:
         return await self.engine.load()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        async for delta in self.engine.generate(prompt_ids, params):
-            yield delta
+        adapter = serve.get_multiplexed_model_id()  # "": the base model
+        engine = (await self.adapter(adapter)).engine if adapter else self.engine
+        async for message in in_messages(engine.generate(prompt_ids, params), self.message_tokens,
+                                          self.message_delay_s):
+            yield message
 
 
 class RemoteEngine(Engine):
-    """The `Engine` interface over an `LLMServer` handle, for the gateway."""
+    """The `Engine` interface over an `LLMServer` handle, for the gateway; with `adapter`, the
+    server's model with that LoRA adapter applied."""
 
-    def __init__(self, handle: DeploymentHandle, max_context: int):
+    def __init__(self, handle: DeploymentHandle, max_context: int, adapter: str | None = None):
         self._handle = handle
-        self._stream = handle.options(stream=True)
+        self._stream = handle.options(stream=True, **({"multiplexed_model_id": adapter} if adapter else {}))
         self.max_context = max_context
 
     async def load(self) -> EngineLoad:
@@ -65,14 +92,18 @@ class RemoteEngine(Engine):
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Gateway:
-    async def __init__(self, server: DeploymentHandle, model_dir: str, model_name: str, max_new_tokens: int,
+    async def __init__(self, servers: list[DeploymentHandle], plans: list[ModelPlan], max_new_tokens: int,
                        limits: Limits):
-        from solo.serving.gateway import build_gateway
+        from solo.serving.gateway import ServedModel, build_models_gateway
         from solo.tokenizer import load
 
-        engine = RemoteEngine(server, await server.max_context.remote())
-        self._app = build_gateway(engine, load(model_dir), model_name=model_name, max_new_tokens=max_new_tokens,
-                                  limits=limits)
+        bases, adapters = [], []
+        for server, plan in zip(servers, plans):
+            tokenizer, max_context = load(plan.folder), await server.max_context.remote()
+            bases.append(ServedModel(plan.name, RemoteEngine(server, max_context), tokenizer))
+            adapters += [ServedModel(adapter.name, RemoteEngine(server, max_context, adapter.name), tokenizer,
+                                     parent=plan.name) for adapter in plan.adapters]
+        self._app = build_models_gateway(bases + adapters, max_new_tokens=max_new_tokens, limits=limits)
 
     def __serve_build_asgi_app__(self):
         return self._app
@@ -84,12 +115,12 @@ def limits(config: ServeConfig) -> Limits:
                   max_request_bytes=config.max_request_bytes, max_queue=config.max_queue)
 
 
-def build_app(config: ServeConfig) -> serve.Application:
-    model_dir = str(model_folder(config))
-    # The engine batches up to max_concurrent sequences and queues the rest itself (its queue
-    # depth is a metric); the gateway's max_queue bounds the total, so Serve need not queue.
-    server = LLMServer.options(max_ongoing_requests=config.max_queue,
-                               ray_actor_options={"num_cpus": config.replica_cpus}
-                               ).bind(model_dir, config.max_concurrent)
+def build_app(config: ServeConfig, plans: list[ModelPlan]) -> serve.Application:
+    """A deployment per model (`solo.serving.plan.deployment_options`: replicas, autoscaling,
+    GPUs) behind one gateway."""
+    servers = [LLMServer.options(name=plan.deployment_name(index), **deployment_options(plan, config)
+                                 ).bind(plan, config.max_concurrent, config.stream_interval,
+                                       config.stream_max_delay_ms / 1000)
+               for index, plan in enumerate(plans)]
     gateway = Gateway.options(max_ongoing_requests=config.max_queue + 64)
-    return gateway.bind(server, model_dir, served_name(config), config.max_new_tokens, limits(config))
+    return gateway.bind(servers, plans, config.max_new_tokens, limits(config))

@@ -6,7 +6,8 @@
                                               run python -m jobs.JOB on the cluster; prints the submission id
     solo status                               the cluster's resources and its jobs
     solo logs ID [--follow]                   a job's output
-    solo serve --model PATH_OR_RUN [--port N] an OpenAI-compatible endpoint, in the foreground
+    solo serve --model PATH_OR_RUN [--model …] [--port N]
+                                              an OpenAI-compatible endpoint, in the foreground
     solo report RUN [--config FILE]           the run's report card: report.md and plots
     solo demo                                 the whole promise: train the demo model, serve it, ask it something
 """
@@ -268,12 +269,19 @@ def resolve_model(name_or_path: str) -> str:
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     overrides = list(args.overrides)
-    for field in ("model", "name", "host", "port"):
+    models = [resolve_model(value) for value in args.model or []]
+    if len(models) > 1 and args.name is not None:
+        raise SoloError("--name names one model: to name several, list them under models: in a --config file")
+    if len(models) == 1:  # replaces what the config file serves
+        overrides += [f"model={json.dumps(models[0])}", "models=[]"]
+    elif models:
+        overrides += ["model=null", f"models={json.dumps([{'path': path} for path in models])}"]
+    for field in ("name", "host", "port"):
         value = getattr(args, field)
         if value is not None:
-            overrides.append(f"{field}={resolve_model(value) if field == 'model' else value}")
+            overrides.append(f"{field}={value}")
     config = load_config(ServeConfig, args.config, overrides)
-    if config.model is None:
+    if not config.served_models():
         raise SoloError("which model? pass --model PATH (an exported folder) or the name of a run")
     return config
 
@@ -365,8 +373,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true")
 
     p = commands.add_parser("serve", help="serve a model behind an OpenAI-compatible API, in the foreground")
-    p.add_argument("--model", help="an exported Hugging Face folder, or a run name")
-    p.add_argument("--name", help="the model's API name (default: its folder name)")
+    p.add_argument("--model", action="append", help="an exported Hugging Face folder, or a run name; "
+                                                     "repeat it to serve several models")
+    p.add_argument("--name", help="the model's API name (default: its folder name); one --model only")
     p.add_argument("--config", type=Path, help="a serve config (configs/serve/)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)

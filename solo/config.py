@@ -286,6 +286,9 @@ class TrainConfig(Schema):
     eval_every: int = Field(default=50, ge=1)
     eval_batches: int = Field(default=8, ge=1)
     checkpoint_every: int = Field(default=50, ge=1)
+    checkpoint_every_minutes: float | None = Field(
+        default=None, gt=0, description="also checkpoint once this many minutes passed since the last save "
+        "(rank 0's clock decides for all workers)")
     keep_checkpoints: int = Field(default=2, ge=1)
     max_failures: int = Field(default=3, ge=0, description="worker failures survived by restarting from the last checkpoint")
     seed: int = 0
@@ -404,19 +407,88 @@ class PipelineConfig(Schema):
 # ---------------------------------------------------------------- serving
 
 
+EngineKind = Literal["auto", "cpu", "vllm"]
+
+
+class AutoscalingConfig(Schema):
+    """Ray Serve's autoscaling of one model's replicas, by the requests each has in flight."""
+
+    min_replicas: int = Field(default=1, ge=0, description="0 lets an idle model scale to nothing (a cold start)")
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(
+        default=16, gt=0, description="requests in flight per replica that Serve scales towards (the engine's batch)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class ServedModelConfig(Schema):
+    """One model of `solo serve`: an `LLMServer` deployment of its own, with its replicas."""
+
+    path: str = Field(description="an exported Hugging Face folder")
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:/-]+$",
+                             description="the model's API name; default: its folder name")
+    engine: EngineKind | None = Field(default=None, description="default: the config's engine")
+    replicas: int = Field(default=1, ge=1, description="a fixed number of replicas (without autoscaling)")
+    autoscaling: AutoscalingConfig | None = Field(default=None, description="replaces replicas when set")
+    num_gpus: float = Field(default=1, gt=0, description=(
+        "GPUs per replica of a vllm model; a fraction packs several replicas on one GPU, each taking that "
+        "share of its memory; several (whole) shard the model over them by tensor parallelism"))
+    max_adapters_per_replica: int = Field(
+        default=4, ge=1, description="LoRA adapters a replica keeps loaded at once (Serve's model multiplexing)")
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> "ServedModelConfig":
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise ValueError("set replicas or autoscaling, not both")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError(f"num_gpus {self.num_gpus}: above one GPU a replica takes whole GPUs")
+        return self
+
+    def tensor_parallel_size(self) -> int:
+        return max(1, int(self.num_gpus))
+
+
 class ServeConfig(Schema):
-    model: str | None = Field(default=None, description="an exported Hugging Face folder")
+    model: str | None = Field(default=None, description="an exported Hugging Face folder (one model; or models:)")
     name: str | None = Field(default=None, description="the model's API name; default: its folder name")
+    models: list[ServedModelConfig] = Field(
+        default_factory=list, description="several models, each its own deployment; replaces model/name")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    engine: Literal["auto", "cpu"] = "auto"
+    engine: EngineKind = Field(default="auto", description=(
+        "auto: vllm where torch sees a CUDA GPU and vLLM is installed, else cpu"))
     max_new_tokens: int = Field(default=256, ge=1, description="default max_tokens when a request sets none")
-    max_concurrent: int = Field(default=16, ge=1, description="sequences the engine decodes in one batch")
+    max_concurrent: int = Field(default=16, ge=1, description=(
+        "sequences the CPU engine decodes in one batch (vLLM schedules its own, up to 256)"))
+    stream_interval: int = Field(default=16, ge=1, description=(
+        "tokens per streamed message after the first, as vLLM's stream_interval: 1 sends each token "
+        "as it is decoded; more cuts the per-token cost of messages between processes"))
+    stream_max_delay_ms: float = Field(default=100.0, ge=0, description=(
+        "a message goes out once this long has passed since the last one, however few tokens it holds"))
     replica_cpus: int = Field(default=1, ge=1, description="cores of the model replica (its torch threads)")
     api_keys_file: str | None = Field(default=None, description="keys, one a line; $SOLO_API_KEYS adds more")
     rate_limit_rpm: int = Field(default=0, ge=0, description="requests a minute per key; 0: no limit")
     max_queue: int = Field(default=256, ge=1, description="generations in flight before the server answers 503")
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
+
+    @model_validator(mode="after")
+    def _model_or_models(self) -> "ServeConfig":
+        if self.models and (self.model is not None or self.name is not None):
+            raise ValueError("set model (and name) or models, not both")
+        names = [m.name for m in self.models if m.name is not None]
+        if len(set(names)) < len(names):
+            raise ValueError(f"two models are named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
+        return self
+
+    def served_models(self) -> list[ServedModelConfig]:
+        """Every model to serve; a lone `model:` is a list of one."""
+        if self.models:
+            return list(self.models)
+        return [] if self.model is None else [ServedModelConfig(path=self.model, name=self.name)]
 
 
 # ---------------------------------------------------------------- loading

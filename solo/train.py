@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from solo.config import TrainConfig
+from solo.errors import SoloError
 from solo.store import Restart, read_manifest, write_manifest
 
 # Dense bf16 peak of GPUs our users train on, for MFU. A GPU not listed reports no MFU.
@@ -145,6 +146,25 @@ class RaySink(CheckpointSink):
 # ---------------------------------------------------------------- the loop
 
 
+def checkpoint_workers(folder: Path) -> int | None:
+    """How many workers wrote the ZeRO checkpoint `folder` names in its `latest` file (one optimizer
+    shard each); None where it holds no ZeRO shards (ZeRO-0, adapters)."""
+    latest = folder / "latest"
+    if not latest.exists():
+        return None
+    shards = list((folder / latest.read_text().strip()).glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+    return len(shards) or None
+
+
+def check_same_workers(folder: Path, workers: int) -> None:
+    saved = checkpoint_workers(folder)
+    if saved is not None and saved != workers:
+        raise SoloError(
+            f"the checkpoint in {folder} was written by {saved} workers but this run has {workers}: resuming "
+            f"ZeRO optimizer shards on another worker count is not supported; resume with {saved} workers "
+            f"(--set workers={saved}) or start the stage afresh")
+
+
 def _record_restart(output_dir: Path, step: int) -> None:
     manifest = read_manifest(output_dir)
     if manifest is not None:
@@ -214,6 +234,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     step, state = 0, LoaderState()
     restored = sink.latest()
     if restored is not None:
+        check_same_workers(restored, workers)
         # The tag DeepSpeed recorded in `latest`; adapter checkpoints hold the adapters alone.
         _, client = engine.load_checkpoint(str(restored), load_module_strict=not config.trains_adapters())
         step, state = client["step"], LoaderState(**client["loader"])
@@ -245,6 +266,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     tokens_per_step = config.global_batch * seq_len
     started, window_start, window_steps = time.time(), time.time(), 0
     first_step = step
+    last_save = time.time()
     while step < config.max_steps:
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
@@ -257,9 +279,12 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
             loss_sum += out.loss.detach().float()
         step += 1
         window_steps += 1
-        loss = loss_sum / accumulation
-        dist.all_reduce(loss)
-        loss = loss.item() / workers
+        # Workers' clocks differ, so rank 0 alone decides a time-based save; its vote rides on the loss
+        # all-reduce (a sum, others add 0) so every rank saves at the same step without another collective.
+        save_vote = float(rank == 0 and checkpoint_due(step, config, (time.time() - last_save) / 60))
+        reduced = torch.stack([loss_sum / accumulation, torch.tensor(save_vote, device=device)])
+        dist.all_reduce(reduced)
+        loss, save_now = reduced[0].item() / workers, reduced[1].item() > 0.5
 
         if step % config.log_every == 0 or step == config.max_steps:
             elapsed = time.time() - window_start
@@ -280,7 +305,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
             log.write(metrics)
             window_start, window_steps = time.time(), 0
 
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
+        if save_now:
+            last_save = time.time()
             client_state = {"step": step, "loader": vars(train.state).copy(), "torch_rng": torch.get_rng_state()}
             sink.save(engine, step, client_state, metrics or {"step": step, "loss": loss},
                       exclude_frozen=config.trains_adapters())
@@ -291,6 +317,14 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     log.close()
     dist.barrier()
     return metrics
+
+
+def checkpoint_due(step: int, config: TrainConfig, minutes_since_save: float) -> bool:
+    """Whether `step` ends with a checkpoint: every `checkpoint_every` steps, at the last step, or once
+    `checkpoint_every_minutes` passed. Only rank 0's answer on the clock counts (see train_worker)."""
+    if step % config.checkpoint_every == 0 or step == config.max_steps:
+        return True
+    return config.checkpoint_every_minutes is not None and minutes_since_save >= config.checkpoint_every_minutes
 
 
 def validation_loss(engine, val, rank: int, workers: int, config: TrainConfig, device) -> float:

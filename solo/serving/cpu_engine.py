@@ -129,7 +129,32 @@ class CpuEngine(Engine):
         self._batch = _Batch()
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
+        self._load_tokenizer = load_tokenizer
         self._grammars = Grammars(load_tokenizer, self.model.config.vocab_size)
+        self._retired = False
+
+    def with_adapter(self, name: str, folder: str) -> CpuEngine:
+        """A copy of the model with the adapter merged into its weights: one batched forward runs
+        one set of weights, so requests of different adapters cannot share it; merged, an adapter
+        costs its copy's memory and nothing per token. Forward passes stay on this engine's one
+        thread, so adapters share the replica's cores instead of fighting over them."""
+        import copy
+
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(copy.deepcopy(self.model), folder).merge_and_unload()
+        engine = CpuEngine(merged, self.max_batch, threads=torch.get_num_threads(), tokenizer=self._load_tokenizer())
+        engine._forward = self._forward
+        return engine
+
+    def retire(self) -> None:
+        self._retired = True
+        scheduler = self._scheduler
+        if scheduler is not None and not scheduler.done():
+            try:
+                scheduler.get_loop().call_soon_threadsafe(self._wakeup.set)
+            except RuntimeError:  # its loop is closed: nothing runs
+                pass
 
     async def load(self) -> EngineLoad:
         return EngineLoad(waiting=sum(not s.abandoned for s in self._waiting), running=len(self._batch))
@@ -185,6 +210,8 @@ class CpuEngine(Engine):
                 if not sequence.abandoned:
                     joining.append(sequence)
             if not joining and not self._batch.sequences:
+                if self._retired:  # a generation that comes later starts a scheduler again
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

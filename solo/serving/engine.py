@@ -7,7 +7,9 @@ remote Ray Serve replica, vLLM, a fake in a test) without the API noticing.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -80,3 +82,31 @@ class Engine(abc.ABC):
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """An async generator of deltas. Closing it early (the client went away) must stop the
         work it started. Implementations are `async def` generators."""
+
+    def with_adapter(self, name: str, folder: str) -> Engine:
+        """This model with the LoRA adapter in `folder` (peft's format) applied, as an engine."""
+        raise NotImplementedError(f"{type(self).__name__} serves no LoRA adapters")
+
+    def retire(self) -> None:
+        """No new generations are coming: free what the engine holds once the running ones end.
+        Safe to call from any thread."""
+
+
+async def in_messages(deltas: AsyncIterator[Delta], min_tokens: int, max_delay_s: float,
+                      clock: Callable[[], float] = time.monotonic) -> AsyncIterator[Delta]:
+    """`deltas` regrouped for sending between processes: the first at once (time to first token),
+    then merged until one holds `min_tokens` tokens, or `max_delay_s` has passed since the last
+    message, or the generation ends. A message between Ray processes costs about as much as
+    decoding a token of a small model, so a fast model sent token by token spends the gateway's
+    core on messaging, while a slow one (a token every 50 ms) still streams token by token.
+    Closing this generator closes `deltas`, so a client that leaves still frees its slot."""
+    async with aclosing(deltas):
+        pending, last_sent = None, None
+        async for delta in deltas:
+            pending = delta if pending is None else pending + delta
+            if (last_sent is None or len(pending.token_ids) >= min_tokens or pending.finish_reason is not None
+                    or clock() - last_sent >= max_delay_s):
+                yield pending
+                pending, last_sent = None, clock()
+        if pending is not None:  # an engine that ended without a finish reason
+            yield pending

@@ -7,9 +7,10 @@ so the engine deals in token ids only and a test can hand `build_gateway` a fake
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
-from solo.serving.engine import Engine, SamplingParams, TokenLogprob
+from solo.serving.engine import Engine, EngineLoad, SamplingParams, TokenLogprob
 from solo.serving.logprobs import TokenTexts
 from solo.serving.metrics import Metrics, RequestCounter, metrics_router
 from solo.serving.protocol import (
@@ -178,25 +179,38 @@ class Piece:
 
 
 class Admission:
-    """At most `limit` generations in flight at the gateway; one more is a 503, not a queue that
-    grows until every client times out."""
+    """At most `limit` generations in flight at the gateway, whatever their models; one more is a
+    503, not a queue that grows until every client times out."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.in_flight = limit, 0
+        self.limit = limit
+        self.in_flight: collections.Counter[str] = collections.Counter()  # by model
 
-    def enter(self) -> Callable[[], None]:
-        if self.in_flight >= self.limit:
+    def enter(self, model: str) -> Callable[[], None]:
+        if self.in_flight.total() >= self.limit:
             raise APIError(503, "The server is overloaded with requests. Please retry shortly.",
                            type="server_error", code="overloaded")
-        self.in_flight += 1
+        self.in_flight[model] += 1
         left = False
 
         def leave() -> None:
             nonlocal left
             if not left:
-                left, self.in_flight = True, self.in_flight - 1
+                left = True
+                self.in_flight[model] -= 1
 
         return leave
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as the API names it. An adapter's engine is its base's with the adapter applied,
+    and it speaks through the base's tokenizer."""
+
+    name: str
+    engine: Engine
+    tokenizer: PreTrainedTokenizerBase
+    parent: str | None = None  # a LoRA adapter's base model
 
 
 class ModelService:
@@ -204,10 +218,11 @@ class ModelService:
     turned into text pieces, measured."""
 
     def __init__(self, engine: Engine, tokenizer: PreTrainedTokenizerBase, model_name: str, max_new_tokens: int,
-                 metrics: Metrics, admission: Admission):
+                 metrics: Metrics, admission: Admission, parent: str | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.parent = parent
         self.max_new_tokens = max_new_tokens
         self.metrics = metrics
         self.admission = admission
@@ -216,11 +231,8 @@ class ModelService:
         self.created = now()
 
     def model_card(self) -> ModelCard:
-        return ModelCard(id=self.model_name, created=self.created, max_model_len=self.engine.max_context)
-
-    def check_model(self, model: str) -> None:
-        if model != self.model_name:
-            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        return ModelCard(id=self.model_name, created=self.created, max_model_len=self.engine.max_context,
+                         parent=self.parent)
 
     def sampling(self, request: SamplingRequest, prompt_ids: list[int], asked: int | None,
                  prompt_param: str) -> SamplingParams:
@@ -291,7 +303,7 @@ class ModelService:
                         return
             raise RuntimeError("the engine ended a generation without a finish reason")
         finally:
-            self.metrics.generation(started, first, len(prompt_ids), produced)
+            self.metrics.generation(self.model_name, started, first, len(prompt_ids), produced)
 
 
 async def merge(streams: list[AsyncIterator]) -> AsyncIterator:
@@ -361,7 +373,6 @@ class ChatService:
         self.model = model
 
     def prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
-        self.model.check_model(request.model)
         tokenizer = self.model.tokenizer
         prompt_ids, _ = render_chat(tokenizer, request.template_messages(), request.template_tools(),
                                     add_generation_prompt=True)
@@ -474,7 +485,6 @@ class CompletionService:
         self.model = model
 
     def prepare(self, request: CompletionRequest) -> tuple[list[int], SamplingParams]:
-        self.model.check_model(request.model)
         prompt = request.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             prompt = prompt[0]
@@ -547,23 +557,44 @@ def health_router() -> APIRouter:
     return router
 
 
-def models_router(model: ModelService) -> APIRouter:
+class Models:
+    """The served models by API name: a request's `model` picks one, or is a 404."""
+
+    def __init__(self, services: list[ModelService]):
+        self.by_name = {service.model_name: service for service in services}
+
+    def get(self, name: str, http: Request) -> ModelService:
+        service = self.by_name.get(name)
+        if service is None:
+            raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+        http.state.model = name  # the request counts under this model in /metrics
+        return service
+
+    async def loads(self) -> dict[str, EngineLoad]:
+        # An adapter runs on its base's engine: the base's load is its load.
+        engines = [s for s in self.by_name.values() if s.parent is None]
+        return dict(zip([s.model_name for s in engines], await asyncio.gather(*(s.engine.load() for s in engines))))
+
+
+def models_router(models: Models) -> APIRouter:
     router = APIRouter()
 
     @router.get("/v1/models")
     async def list_models() -> ModelList:
-        return ModelList(data=[model.model_card()])
+        return ModelList(data=[service.model_card() for service in models.by_name.values()])
 
     return router
 
 
-def chat_router(chat: ChatService) -> APIRouter:
+def chat_router(models: Models) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", response_model=None)
-    async def create_chat_completion(request: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
+    async def create_chat_completion(request: ChatCompletionRequest,
+                                     http: Request) -> ChatCompletionResponse | StreamingResponse:
+        chat = ChatService(models.get(request.model, http))
         prompt_ids, params = chat.prepare(request)  # errors are raised here, while a status can still be sent
-        leave = chat.model.admission.enter()
+        leave = chat.model.admission.enter(chat.model.model_name)
         if request.stream:
             return _event_stream(chat.stream(request, prompt_ids, params, leave))
         return await chat.complete(request, prompt_ids, params, leave)
@@ -571,13 +602,15 @@ def chat_router(chat: ChatService) -> APIRouter:
     return router
 
 
-def completions_router(completions: CompletionService) -> APIRouter:
+def completions_router(models: Models) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/completions", response_model=None)
-    async def create_completion(request: CompletionRequest) -> CompletionResponse | StreamingResponse:
+    async def create_completion(request: CompletionRequest,
+                                http: Request) -> CompletionResponse | StreamingResponse:
+        completions = CompletionService(models.get(request.model, http))
         prompt_ids, params = completions.prepare(request)
-        leave = completions.model.admission.enter()
+        leave = completions.model.admission.enter(completions.model.model_name)
         if request.stream:
             return _event_stream(completions.stream(request, prompt_ids, params, leave))
         return await completions.complete(request, prompt_ids, params, leave)
@@ -587,21 +620,34 @@ def completions_router(completions: CompletionService) -> APIRouter:
 
 def build_gateway(engine: Engine, tokenizer: PreTrainedTokenizerBase, *, model_name: str,
                   max_new_tokens: int, limits: Limits | None = None) -> FastAPI:
-    """The API app over any engine. `max_new_tokens` is the completion budget of a chat request
-    that sets none (capped by what is left of the context window)."""
+    """The API app over one engine."""
+    return build_models_gateway([ServedModel(model_name, engine, tokenizer)], max_new_tokens=max_new_tokens,
+                                limits=limits)
+
+
+def build_models_gateway(served: Sequence[ServedModel], *, max_new_tokens: int,
+                         limits: Limits | None = None) -> FastAPI:
+    """The API app over several models, routed by each request's `model`. `max_new_tokens` is the
+    completion budget of a request that sets none (capped by what is left of the context window)."""
+    names = [model.name for model in served]
+    if not served or len(set(names)) < len(names):
+        raise ValueError(f"models to serve need distinct names, not {names}")
     limits = limits or Limits()
-    metrics = Metrics(model_name)
-    admission = Admission(limits.max_queue)
-    model = ModelService(engine, tokenizer, model_name, max_new_tokens, metrics, admission)
+    metrics = Metrics()
+    admission = Admission(limits.max_queue)  # one bound for the whole gateway: it guards its memory
+    models = Models([ModelService(m.engine, m.tokenizer, m.name, max_new_tokens, metrics, admission, m.parent)
+                     for m in served])
     app = FastAPI(title="solo", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.include_router(health_router())
-    app.include_router(metrics_router(metrics, engine.load, lambda: admission.in_flight))
-    app.include_router(models_router(model))
-    app.include_router(chat_router(ChatService(model)))
-    app.include_router(completions_router(CompletionService(model)))
-    # Added last, run first: count every answer, the guard's refusals included.
+    in_flight = lambda: {name: admission.in_flight[name] for name in names}  # noqa: E731
+    app.include_router(metrics_router(metrics, models.loads, in_flight))
+    app.include_router(models_router(models))
+    app.include_router(chat_router(models))
+    app.include_router(completions_router(models))
+    # Added last, run first: count every answer, the guard's refusals included. With one model,
+    # every request is about it, refused or not.
     app.add_middleware(Guard, limits=limits)
-    app.add_middleware(RequestCounter, metrics=metrics,
+    app.add_middleware(RequestCounter, metrics=metrics, unattributed=names[0] if len(names) == 1 else "",
                        endpoints={"/v1/models", "/v1/chat/completions", "/v1/completions"})
     return app

@@ -385,6 +385,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "solo"
     max_model_len: int  # not OpenAI's; vLLM's, and what a client needs to budget a prompt
+    parent: str | None = None  # vLLM's: a LoRA adapter's base model
 
 
 class ModelList(BaseModel):

@@ -12,35 +12,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from solo.config import ServeConfig
 from solo.errors import SoloError
+from solo.serving.plan import ModelPlan, plan_models, replica_cpus_needed
 
 APP_NAME = "solo"
 READY_TIMEOUT_S = 120.0
-
-
-def model_folder(config: ServeConfig) -> Path:
-    """The exported model to serve, or a `SoloError` saying what is wrong with it."""
-    if not config.model:
-        raise SoloError("which model? pass --model PATH (an exported Hugging Face folder)")
-    folder = Path(config.model).expanduser().resolve()
-    if not folder.is_dir():
-        raise SoloError(f"model folder {config.model} does not exist")
-    lacking = [what for what, patterns in (
-        ("config.json", ["config.json"]),
-        ("weights (*.safetensors)", ["*.safetensors", "*.bin"]),
-        ("tokenizer", ["tokenizer.json", "tokenizer_config.json"]),
-    ) if not any(any(folder.glob(pattern)) for pattern in patterns)]
-    if lacking:
-        raise SoloError(f"{config.model} is not a Hugging Face model folder: it has no {', no '.join(lacking)}")
-    return folder
-
-
-def served_name(config: ServeConfig) -> str:
-    """The model's name in the API: `config.name`, else its folder's."""
-    return config.name or model_folder(config).name
 
 
 def refuse_open_exposure(config: ServeConfig) -> None:
@@ -112,14 +90,26 @@ def _ray_session() -> Iterator[None]:
             signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def check_resources(plans: list[ModelPlan], config: ServeConfig, available: dict, cluster: dict) -> None:
+    """Serve would wait forever, silently, for a replica's CPUs or GPUs that no node has free."""
+    cpus = replica_cpus_needed(plans, config)
+    if available.get("CPU", 0) < cpus:
+        raise SoloError(f"the Ray cluster has {available.get('CPU', 0):g} free CPUs and the model replicas need "
+                        f"{cpus:g}: wait for its jobs to finish, or lower replicas or replica_cpus")
+    for plan in plans:
+        if plan.engine == "vllm" and cluster.get("GPU", 0) < plan.settings.num_gpus:
+            raise SoloError(f"model {plan.name!r} runs on vLLM with {plan.settings.num_gpus:g} GPUs a replica and "
+                            f"the Ray cluster has {cluster.get('GPU', 0):g}: join a node with GPUs, or set engine: cpu")
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
 @contextmanager
 def serving(config: ServeConfig) -> Iterator[str]:
-    """Serve `config.model` with Ray Serve; yields the OpenAI base URL, `http://host:port/v1`."""
-    model_folder(config)
+    """Serve the config's models with Ray Serve; yields the OpenAI base URL, `http://host:port/v1`."""
+    plans = plan_models(config)
     refuse_open_exposure(config)
     check_port_free(config.host, config.port)
     root = f"http://{_client_host(config.host)}:{config.port}"
@@ -133,13 +123,11 @@ def serving(config: ServeConfig) -> Iterator[str]:
             # A Serve already running keeps its own HTTP port, so ours would never come up.
             raise SoloError("Ray Serve is already running on this Ray cluster: stop it with "
                             "`serve shutdown -y`, or serve from another cluster")
-        if ray.available_resources().get("CPU", 0) < 1:
-            # Serve would wait for one forever, silently.
-            raise SoloError("the Ray cluster has no free CPU for the model server: wait for its jobs to finish")
+        check_resources(plans, config, ray.available_resources(), ray.cluster_resources())
         try:
             serve.start(http_options={"host": config.host, "port": config.port})
             try:
-                serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+                serve.run(build_app(config, plans), name=APP_NAME, route_prefix="/")
             except Exception as e:
                 last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise SoloError(f"the model server failed to start: {last_line}") from None
@@ -158,9 +146,11 @@ def serve_forever(config: ServeConfig) -> None:
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with serving(config) as url:
-            name = served_name(config)
+            plans = plan_models(config)
+            served = ", ".join(repr(name) for plan in plans for name in [plan.name, *(a.name for a in plan.adapters)])
+            name = plans[0].name
             body = json.dumps({"model": name, "messages": [{"role": "user", "content": "What does json.dumps do?"}]})
-            print(f"solo: serving {name!r} at {url}  (Ctrl-C to stop)\n"
+            print(f"solo: serving {served} at {url}  (Ctrl-C to stop)\n"
                   f"  curl {url}/chat/completions -H 'Content-Type: application/json' \\\n"
                   f"    -d '{body}'", flush=True)
             threading.Event().wait()  # until a signal interrupts it

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -19,6 +21,8 @@ from solo.serving.run import serving
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny-chat"
+TWIN = "tiny-twin"  # a second model (the same weights, another folder): a deployment of its own
+ADAPTER = "tiny-lora"  # a LoRA adapter on MODEL, registered in the artifact store
 QUESTION = [{"role": "user", "content": "What does json.dumps do?"}]
 KEY = "sk-test-only"
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
@@ -32,15 +36,36 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter in peft's format on the tiny model, its B matrices random rather than zero
+    (peft's start), so it changes what the model says."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                      init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, adapter_dir, tmp_path_factory):
+    from solo.store import register_adapter
+
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"{KEY}\n")
-    config = ServeConfig(model=str(tiny_model_dir), name=MODEL, port=free_port(), max_new_tokens=32,
-                         api_keys_file=str(keys), max_concurrent=64)
+    twin = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("models") / TWIN)
+    config = ServeConfig(models=[{"path": str(tiny_model_dir), "name": MODEL}, {"path": str(twin)}],
+                         port=free_port(), max_new_tokens=32, api_keys_file=str(keys), max_concurrent=64)
     with pytest.MonkeyPatch.context() as env:
         # A private Ray for this module, whatever cluster `solo up` or RAY_ADDRESS would offer.
         env.setenv("SOLO_HOME", str(tmp_path_factory.mktemp("solo_home")))
         env.delenv("RAY_ADDRESS", raising=False)
+        register_adapter(ADAPTER, adapter_dir, base_model=str(tiny_model_dir), method="lora", metrics={})
         with serving(config) as url:
             yield config, url
 
@@ -53,8 +78,9 @@ def client(server) -> openai.OpenAI:
 def test_base_url_and_models(server, client):
     config, url = server
     assert url == f"http://127.0.0.1:{config.port}/v1"
-    (model,) = client.models.list().data
-    assert model.id == MODEL and model.object == "model"
+    models = client.models.list().data
+    assert [(m.id, m.parent, m.object) for m in models] == [(MODEL, None, "model"), (TWIN, None, "model"),
+                                                           (ADAPTER, MODEL, "model")]
 
 
 def test_completion(client):
@@ -230,3 +256,38 @@ def test_n_choices_and_logprobs_through_the_official_client(client):
         assert bytes(b for entry in content for b in entry.bytes).decode(errors="replace") == choice.message.content
     again = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, n=2, seed=3)
     assert [c.message.content for c in again.choices] == [c.message.content for c in response.choices]
+
+
+def merged_greedy_answer(base: Path, adapter: Path, max_tokens: int) -> str:
+    """What the adapter merged into the base answers QUESTION, greedily, run here with no server."""
+    import torch
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    from solo.tokenizer import load, render_chat, stop_token_ids
+
+    tokenizer = load(base)
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload().eval()
+    ids, _ = render_chat(tokenizer, QUESTION, None, add_generation_prompt=True)
+    stops, answer = set(stop_token_ids(tokenizer)), []
+    with torch.inference_mode():
+        for _ in range(max_tokens):
+            token = int(model(torch.tensor([ids + answer])).logits[0, -1].argmax())
+            if token in stops:
+                break
+            answer.append(token)
+    return tokenizer.decode(answer, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def test_several_models_and_an_adapter_each_answer_by_name(client, tiny_model_dir, adapter_dir):
+    def answer(model: str, **extra) -> str:
+        return client.chat.completions.create(model=model, messages=QUESTION, max_tokens=12, temperature=0,
+                                              **extra).choices[0].message.content
+
+    base, tuned = answer(MODEL), answer(ADAPTER)
+    assert answer(TWIN) == base, "the second model's own deployment, with the same weights, says the same"
+    assert tuned == merged_greedy_answer(tiny_model_dir, adapter_dir, 12), "the adapter is applied as peft merges it"
+    assert tuned != base, "the adapter changes the answer"
+    streamed = client.chat.completions.create(model=ADAPTER, messages=QUESTION, max_tokens=12, temperature=0,
+                                              stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == tuned

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from solo.serving.cpu_engine import CpuEngine, penalize
-from solo.serving.engine import EngineLoad, SamplingParams
+from solo.serving.engine import Delta, EngineLoad, SamplingParams, in_messages
 from solo.tokenizer import load, render_chat, stop_token_ids
 
 QUESTIONS = ["What does json.dumps do?", "Explain the for statement."]
@@ -243,3 +243,33 @@ def test_logprobs_are_the_models_own(engine, reference, tokenizer):
         assert len(entry.top) == 3 and entry.top[0][0] == entry.token_id, "greedy takes the likeliest"
         assert entry.logprob == pytest.approx(float(expected[step, entry.token_id]), abs=1e-4)
         assert [v for _, v in entry.top] == sorted((v for _, v in entry.top), reverse=True)
+
+
+def test_messages_send_the_first_token_at_once_then_group_until_enough_tokens_or_time():
+    closed = []
+
+    async def deltas():
+        try:
+            for i in range(9):
+                yield Delta([i], "length" if i == 8 else None)
+        finally:
+            closed.append(True)
+
+    async def grouped(min_tokens, max_delay_s=60.0, clock=lambda: 0.0):
+        return [d.token_ids for d in [m async for m in in_messages(deltas(), min_tokens, max_delay_s, clock)]]
+
+    assert asyncio.run(grouped(4)) == [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
+    assert asyncio.run(grouped(5)) == [[0], [1, 2, 3, 4, 5], [6, 7, 8]]  # the end is sent however short
+    assert asyncio.run(grouped(1)) == [[i] for i in range(9)]
+    # A slow model: a token every 30 ms on this clock, and a message at most 50 ms after the last.
+    ticks = iter(range(0, 1000, 30))
+    assert asyncio.run(grouped(16, 0.050, lambda: next(ticks) / 1000)) == [[0], [1, 2], [3, 4], [5, 6], [7, 8]]
+
+    async def leave_after_first():
+        messages = in_messages(deltas(), 4, 60.0)
+        await anext(messages)
+        await messages.aclose()  # the client went away
+
+    closed.clear()
+    asyncio.run(leave_after_first())
+    assert closed == [True]  # the engine's generation was closed too, freeing its slot

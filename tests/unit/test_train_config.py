@@ -4,7 +4,8 @@ from transformers import LlamaForCausalLM
 
 from solo.config import TrainConfig, load_config
 from solo.model import PRESETS, flops_per_token, llama_config, parameter_count
-from solo.train import deepspeed_config, learning_rate
+from solo.errors import SoloError
+from solo.train import check_same_workers, checkpoint_due, deepspeed_config, learning_rate
 
 
 def test_deepspeed_config_is_generated_from_ours():
@@ -48,3 +49,30 @@ def test_parameter_count_matches_the_real_model(preset):
         model = LlamaForCausalLM(config)
     assert parameter_count(config) == sum(p.numel() for p in model.parameters())
     assert flops_per_token(config, 256) > 6 * parameter_count(config) - 1
+
+
+def test_checkpoint_due_on_steps_last_step_or_elapsed_minutes():
+    by_steps = load_config(TrainConfig, None, ["max_steps=100", "checkpoint_every=10"])
+    assert [s for s in range(1, 101) if checkpoint_due(s, by_steps, minutes_since_save=99.0)] == list(range(10, 101, 10))
+    timed = load_config(TrainConfig, None, ["max_steps=100", "checkpoint_every=50",
+                                            "checkpoint_every_minutes=5"])
+    assert not checkpoint_due(7, timed, minutes_since_save=4.9)
+    assert checkpoint_due(7, timed, minutes_since_save=5.0)
+    assert checkpoint_due(50, timed, minutes_since_save=0.0)
+    assert checkpoint_due(100, timed, minutes_since_save=0.0)
+
+
+def test_checkpoint_every_minutes_must_be_positive():
+    with pytest.raises(Exception, match="checkpoint_every_minutes"):
+        load_config(TrainConfig, None, ["checkpoint_every_minutes=0"])
+
+
+def test_resuming_a_zero_checkpoint_on_another_worker_count_fails_clearly(tmp_path):
+    tag = tmp_path / "step_00000004"
+    tag.mkdir()
+    (tmp_path / "latest").write_text("step_00000004")
+    for rank in range(2):
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    check_same_workers(tmp_path, 2)
+    with pytest.raises(SoloError, match="written by 2 workers but this run has 1"):
+        check_same_workers(tmp_path, 1)
