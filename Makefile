@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean-runs
+.PHONY: install ops demo test clean-runs
 
 install: $(STAMP)
 
@@ -24,5 +24,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/solo demo
 
-test: install
+# DeepSpeed's CPU Adam and async I/O (NVMe offload) ops, compiled once per machine (minutes) into
+# ~/.cache/solo/torch_extensions, here rather than inside the first test that loads them.
+ops: install
+	$(BIN)/python -c "from solo.runtime import build_deepspeed_ops; build_deepspeed_ops()"
+
+test: ops
 	$(BIN)/python -m pytest -q

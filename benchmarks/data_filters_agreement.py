@@ -26,11 +26,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from benchmarks.record import DATA as SHARED_DATA, RESULTS, record
 from solo import quality
 from solo.config import DataConfig, FilterConfig, InputSpec
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "webtext"
-RESULTS = Path(__file__).resolve().parent / "results"
+DATA = SHARED_DATA / "webtext"
 CC_SHARD = "dolma_cc_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
 FAMILIES = ["gopher_repetition", "gopher_quality", "c4", "fineweb"]  # FineWeb's order
 
@@ -153,9 +153,7 @@ def main() -> None:
         print(f"| {family} | {a['agree']:,}/{a['documents']:,} | {a['agreement']:.2%} |")
     print(f"chain of the four families, 2 processes each: solo {speed['solo']['docs_per_s']:,} docs/s, datatrove "
           f"{speed['datatrove']['docs_per_s']:,} docs/s, ratio {ratio:.1f}x (goal >= 1.0)")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_filters_agreement.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (RESULTS / "data_filters_agreement.md").write_text(markdown(result))
+    record("data_filters_agreement", result, markdown(result))
     if args.cc_report:
         (RESULTS / "data_cc_shard_report.md").write_text(
             "<!-- solo's data stage with the default DataConfig on ../shared/data/webtext/" + CC_SHARD

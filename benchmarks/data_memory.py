@@ -27,10 +27,10 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.record import DATA as SHARED_DATA, record
 from solo.config import REPO_ROOT
 
-DATA = REPO_ROOT.parent / "shared" / "data" / "webtext"
-RESULTS = Path(__file__).resolve().parent / "results"
+DATA = SHARED_DATA / "webtext"
 
 
 def pages() -> list[dict]:
@@ -114,9 +114,7 @@ def main() -> None:
         "goal": "peak memory does not grow with the corpus",
     }
     print(f"peak RSS x{args.copies}/x1: process tree {result['peak_tree_ratio']}, driver {result['peak_driver_ratio']}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "data_memory.md").write_text(markdown(result))
+    record("data_memory", result, markdown(result))
 
 
 def markdown(r: dict) -> str:

@@ -9,9 +9,11 @@ duplicates removed first, plus
   - templated hard negatives: "sites" whose pages share a long identical header and footer (real
     text) around different bodies: alike in shingles, not duplicates.
 Both sides run with the same MinHash settings (5-word shingles, 14 bands × 8 rows, datatrove's
-defaults) and no quality filter (configs/data/dedup-only.yaml). solo: `solo.data.prepare` on a
-private Ray with 2 CPUs; datatrove: its 4 stages on its local executor with 2 workers. A pair is
-two documents put in one cluster; precision and recall are over pairs, against the planted ones.
+defaults) and no quality filter (configs/data/dedup-only.yaml: solo also probes half bands and
+verifies by shared words). solo: `solo.data.prepare` on a private Ray with 2 CPUs; datatrove: its
+4 stages on its local executor with 2 workers. solo is scored once more, untimed, with its classic
+check (Jaccard ≥ 0.7 over whole-band candidates only). A pair is two documents put in one cluster;
+precision and recall are over pairs, against the planted ones.
 Goals: precision ≥ 0.98 and recall ≥ 0.95; documents/s at least 1.0× datatrove's.
 Writes benchmarks/results/dedup_vs_datatrove.{json,md}.
 """
@@ -32,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.record import DATA, record
 from solo.config import DataConfig, DedupConfig, default_config_path, load_config
 from solo.neardedup import jaccard, near_duplicates_in_memory, shingles
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results"
 REACH = 0.72  # (1/14)^(1/8): where the 14 × 8 LSH S-curve turns
 SOURCES = ["c4_en_train_first1000.jsonl", "dolma_cc_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz",
            "fineweb_first300.json", "dolma_cc_en_head-0091.jsonl", "dolma_cc_en_head-0174.jsonl"]
@@ -53,9 +54,11 @@ def real_pages(min_words: int = 120) -> list[str]:
         rows = json.loads(raw) if name.endswith(".json") else [json.loads(line) for line in raw.splitlines() if line]
         texts += [r["text"] for r in rows if len(r.get("text", "").split()) >= min_words]
     # Their own near duplicates out first (looser settings than either side, so none slip through):
-    # a pair both sides find in the raw pages would otherwise count as a false positive.
+    # a pair both sides find in the raw pages would otherwise count as a false positive. The corpus
+    # is the same whatever solo's defaults: Jaccard ≥ 0.5 over 30 × 3 bands, no half-band probes.
     found = near_duplicates_in_memory(((f"{i:06d}", t) for i, t in enumerate(texts)),
-                                      DedupConfig(bands=30, rows_per_band=3, threshold=0.5))
+                                      DedupConfig(bands=30, rows_per_band=3, probe_half_bands=False,
+                                                  similarity="jaccard", threshold=0.5))
     return [t for i, t in enumerate(texts) if f"{i:06d}" not in found.duplicate_of]
 
 
@@ -127,12 +130,15 @@ def scores(predicted: list[list[str]], truth: set, within_reach: set) -> dict:
 # ---------------------------------------------------------------- the two sides
 
 
-def run_solo(corpus: Path, work: Path, threshold: float | None = None) -> tuple[float, list[list[str]]]:
+CLASSIC = ["dedup.similarity=jaccard", "dedup.threshold=0.7", "dedup.probe_half_bands=false"]
+
+
+def run_solo(corpus: Path, work: Path, dedup: list[str] = ()) -> tuple[float, list[list[str]]]:
     import pyarrow.parquet as pq
 
     from solo import data
 
-    overrides = [f"inputs=[{{path: {corpus}, domain: web}}]"] + ([f"dedup.threshold={threshold}"] if threshold else [])
+    overrides = [f"inputs=[{{path: {corpus}, domain: web}}]", *dedup]
     config = load_config(DataConfig, default_config_path("data", "dedup-only"), overrides)
     started = time.perf_counter()
     data.prepare(config, work, progress=lambda _: None)
@@ -202,8 +208,6 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=20, help="templated sites of 8 pages each")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--also-threshold", type=float, default=0.8,
-                        help="a second verification threshold scored for solo (quality only, not timed)")
     args = parser.parse_args()
 
     import ray
@@ -235,11 +239,12 @@ def main() -> None:
             seconds, dt_clusters = run_datatrove(corpus, root / f"datatrove{r}")
             dt_s.append(seconds)
             print(f"datatrove run {r}: {seconds:.1f} s", flush=True)
-        _, solo_also = run_solo(corpus, root / "solo-also", args.also_threshold)
+        _, solo_classic = run_solo(corpus, root / "solo-classic", CLASSIC)
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
+    dedup = load_config(DataConfig, default_config_path("data", "dedup-only")).dedup
     result = {
         "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
         "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
@@ -248,16 +253,16 @@ def main() -> None:
                    "planted_jaccard": _quantiles(planted_j), "negative_jaccard": _quantiles(negative_j),
                    "planted_pairs_jaccard_at_least_0.8": round(float(np.mean(np.array(planted_j) >= 0.8)), 4),
                    "planted_pairs_within_reach": len(within_reach)},
-        "minhash": {"shingle_words": 5, "bands": 14, "rows_per_band": 8, "solo_threshold": DedupConfig().threshold},
+        "minhash": {"shingle_words": 5, "bands": 14, "rows_per_band": 8},
+        "solo_verification": {"similarity": dedup.similarity, "threshold": dedup.similarity_threshold(),
+                              "probe_half_bands": dedup.probe_half_bands},
         "seconds": {"solo": [round(s, 2) for s in solo_s], "datatrove": [round(s, 2) for s in dt_s]},
         "docs_per_s": {"solo": round(len(docs) / min(solo_s), 1), "datatrove": round(len(docs) / min(dt_s), 1)},
         "solo": scores(solo_clusters, truth, within_reach), "datatrove": scores(dt_clusters, truth, within_reach),
-        "solo_also": {"threshold": args.also_threshold, **scores(solo_also, truth, within_reach)},
+        "solo_classic": {"settings": CLASSIC, **scores(solo_classic, truth, within_reach)},
     }
     result["speed_ratio"] = round(result["docs_per_s"]["solo"] / result["docs_per_s"]["datatrove"], 3)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dedup_vs_datatrove.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "dedup_vs_datatrove.md").write_text(markdown(result))
+    record("dedup_vs_datatrove", result, markdown(result))
     print(table(result))
     print(f"documents/s solo/datatrove {result['speed_ratio']:.3f} (goal >= 1.0)")
 
@@ -278,9 +283,9 @@ def table(r: dict) -> str:
             ("pairs found (true)", f"{s['pairs_found']} ({s['true_pairs_found']})",
              f"{d['pairs_found']} ({d['true_pairs_found']})", "", ""),
             ("documents removed", s["removed"], d["removed"], "", "")]
-    a = r["solo_also"]
-    rows.append((f"solo at Jaccard ≥ {a['threshold']}: precision / recall", f"{a['precision']} / {a['recall']}",
-                 "", "", ""))
+    c = r["solo_classic"]
+    rows.append(("solo, classic check (Jaccard ≥ 0.7, whole bands): precision / recall",
+                 f"{c['precision']} / {c['recall']}", "", "", ""))
     lines = ["| | solo | datatrove | ratio | goal |", "| --- | ---: | ---: | ---: | --- |"]
     lines += [f"| {a} | {b} | {c} | {e} | {g} |" for a, b, c, e, g in rows]
     return "\n".join(lines)
@@ -297,8 +302,11 @@ def markdown(r: dict) -> str:
         f"Jaccard median {c['planted_jaccard']['median']}, {c['planted_pairs_jaccard_at_least_0.8']:.0%} of them "
         f"at 0.8 or more) and {c['templated_negative_pairs']} templated hard-negative pairs (shared header and "
         f"footer; Jaccard median {c['negative_jaccard']['median']}, max {c['negative_jaccard']['max']}). Same MinHash "
-        "settings on both sides (5-word shingles, 14 bands × 8 rows); solo verifies candidates at Jaccard ≥ "
-        f"{r['minhash']['solo_threshold']} (its default). "
+        "settings on both sides (5-word shingles, 14 bands × 8 rows). solo, at its defaults, also takes the pairs "
+        "matching on half a band (4 of 8 rows) as candidates and verifies each by shared words (the share of the "
+        "two documents' words inside a 5-word shingle the other also has) ≥ "
+        f"{r['solo_verification']['threshold']}; its classic check (Jaccard ≥ 0.7 over whole-band candidates, "
+        "its default until then) is scored too, untimed. "
         f"Both on 2 cores; best of {len(r['seconds']['solo'])} alternating runs, every one from the files on disk "
         "to the deduplicated output.", "",
         table(r), "",
@@ -309,10 +317,16 @@ def markdown(r: dict) -> str:
         "(the hash xxhash 3 gave).", "",
         "A pair is two documents in one output cluster; precision and recall count pairs against the planted "
         "clusters (an original and its edited copies). datatrove merges every LSH collision transitively, so "
-        "pages of one template collapse into one cluster; solo merges only pairs whose shingle sets reach the "
-        "threshold. Recall is bounded by LSH itself for both: with 14 × 8, a pair at Jaccard s is a candidate "
-        "with probability 1-(1-s^8)^14 (0.92 at 0.8, 0.57 at 0.7), so heavily edited copies are out of reach "
-        "of both at these settings.", ""])
+        "pages of one template collapse into one cluster; solo merges only verified pairs. With whole bands, "
+        "recall is bounded by LSH: at 14 × 8 a pair at Jaccard s is a candidate with probability "
+        "1-(1-s^8)^14 (0.92 at 0.8, 0.57 at 0.7, 0.16 at 0.6); the half-band probes make it 1-(1-s^4)^28 "
+        "(0.98 at 0.6). Jaccard itself is no separator here: an edited span of k words breaks k + 4 shingles, "
+        "so copies with 10-15% of their words edited fall to Jaccard 0.5-0.7, where pages sharing a template "
+        "already sit (they share 65-85% of their words, every shingle of the template); counted in words, the "
+        "copies share 85% or more, the templated pages less. Read that line for what it is: 0.85 means 'at most "
+        "about 15% of the words edited', which is also the largest edit rate planted here, and the templated "
+        "bodies are 16-25% of their pages, so this corpus splits the two near that line by construction; a corpus "
+        "of heavier edits, or of templates around shorter bodies, needs its own threshold.", ""])
 
 
 if __name__ == "__main__":

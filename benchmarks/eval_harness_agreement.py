@@ -16,16 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.record import record
 from solo.config import EvalConfig
 from solo.evals import suite, tasks
 
-RESULTS = Path(__file__).parent / "results"
-
-
 def write(result: dict, lines: list[str]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_harness_agreement.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "eval_harness_agreement.md").write_text("\n".join(lines) + "\n")
+    record("eval_harness_agreement", result, "\n".join(lines))
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.record import record
 from solo.config import EvalConfig
 from solo.evals import suite, tasks
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def untrained_demo_model(folder: Path, vocab_size: int = 4096, seq_len: int = 256) -> Path:
@@ -69,8 +69,6 @@ def main() -> None:
               "parameters": model.num_parameters(), "window": model.config.max_position_embeddings,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} threads", "load_average_at_end": os.getloadavg()[0], "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Multiple-choice scoring throughput", "", f"{result['model']} ({result['parameters']:,} parameters, "
              f"{result['window']}-token window) on {result['machine']}; load average {result['load_average_at_end']:.1f} "
              "at the end (other work shared the machine).", "",
@@ -79,7 +77,7 @@ def main() -> None:
     lines += [f"| {r['task']} | {r['questions']} | {r['one_at_a_time']['questions_per_s']} | "
               f"{r['batched']['questions_per_s']} | {r['batched']['batch_size']} | {r['speedup']}× | "
               f"{100 * r['batched']['accuracy']:.1f}% |" for r in rows]
-    (RESULTS / "eval_throughput.md").write_text("\n".join(lines) + "\n")
+    record("eval_throughput", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

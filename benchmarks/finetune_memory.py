@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks.record import DATA, record
+
 METHODS = ("sft", "lora", "qlora")
 
 
@@ -66,35 +66,18 @@ def config_for(method: str, args):
 
 def measure(method: str, args) -> dict:
     """One method in this process (the child): train, then report peak memory and time."""
-    import socket
-
-    from solo.runtime import worker_env
+    from solo.runtime import join_one_process_group, worker_env
 
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
-    import deepspeed
     import torch
 
     from solo.sft import build_sft_rows
     from solo.tokenizer import load
     from solo.train import CheckpointSink, TrainJob, train_worker
 
-    class NoCheckpoints(CheckpointSink):
-        def latest(self):
-            return None
-
-        def save(self, engine, step, client_state, metrics, exclude_frozen=False):
-            pass
-
-        def report(self, metrics):
-            pass
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = args.device == "cuda"
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+    join_one_process_group(cuda)
     config = config_for(method, args)
     work = Path(args.work)
     rows = work / "rows"
@@ -106,7 +89,7 @@ def measure(method: str, args) -> dict:
     started = time.perf_counter()
     metrics = train_worker(TrainJob(config=config, train_dir=str(rows / "train"), val_dir=None,
                                     tokenizer_dir=str(work / "model"), output_dir=str(output),
-                                    init_model_dir=str(work / "model")), NoCheckpoints())
+                                    init_model_dir=str(work / "model")), CheckpointSink())
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     result = {"method": method, "peak_rss_gb": round(peak_gb, 3), "rss_before_model_gb": round(before_gb, 3),
               "seconds": round(time.perf_counter() - started, 1), "loss": metrics.get("loss"),
@@ -164,11 +147,9 @@ def main() -> None:
         "lora_over_sft": round(runs["lora"][key] / runs["sft"][key], 3),
         "goal": "qlora_over_sft <= 0.5",
     }
-    RESULTS.mkdir(exist_ok=True)
     name = ("finetune_memory" + ("_checkpointed" if args.activation_checkpointing else "")
             + (f"_mb{args.micro_batch}" if args.micro_batch != 4 else ""))
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(result))
+    record(name, result, markdown(result))
     print(markdown(result))
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.record import record
+
 QUESTION = [{"role": "user", "content": "What does json.dumps do? Explain with an example."}]
 
 
@@ -162,8 +162,6 @@ def main() -> None:
               "engine": engine, "served": served,
               "speedup_vs_1_client": speedup, "gateway_overhead_tokens_per_s": overhead}
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# CPU serving: {report['model']}, {args.max_tokens} tokens a request, {args.threads} thread(s), "
              f"stream_interval {args.stream_interval}", "",
              "| path | clients | requests | output tok/s | × one client | TTFT p50 ms | TTFT p99 ms |",
@@ -176,7 +174,7 @@ def main() -> None:
                      f"{r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
     lines += ["", "Gateway overhead (1 − served tok/s ÷ engine tok/s): "
               + ", ".join(f"{c} clients {100 * o:.1f}%" for c, o in overhead.items())]
-    (RESULTS / "serve_cpu.md").write_text("\n".join(lines) + "\n")
+    record("serve_cpu", report, "\n".join(lines))
     print("\n".join(lines))
     if 16 in speedup:
         print(f"16 clients / 1 client tokens/s: {speedup[16]}x (goal >= 4x)")

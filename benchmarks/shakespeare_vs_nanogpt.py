@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import platform
@@ -44,9 +43,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchmarks.record import DATA as SHARED_DATA, RESULTS, record
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-RESULTS = Path(__file__).resolve().parent / "results"
+DATA = SHARED_DATA / "tinyshakespeare" / "input.txt"
 
 
 # ---------------------------------------------------------------- the peer: nanoGPT's CPU recipe, clean-room
@@ -274,9 +274,7 @@ def main() -> None:
     }
     result["solo_over_peer_bpb"] = round(result["solo"]["val_bpb"] / result["peer"]["val_bpb"], 4)
     result["solo_over_peer_seconds"] = round(result["solo"]["seconds"] / result["peer"]["seconds"], 3)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "shakespeare_vs_nanogpt.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "shakespeare_vs_nanogpt.md").write_text(markdown(result))
+    record("shakespeare_vs_nanogpt", result, markdown(result))
     plot(result, RESULTS / "shakespeare_vs_nanogpt.png")
     print(markdown(result))
 

@@ -13,7 +13,6 @@ Writes benchmarks/results/tokenize_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -25,7 +24,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from benchmarks.tokenizer_train import RESULTS, real_documents
+from benchmarks.record import record
+from benchmarks.tokenizer_train import real_documents
 from solo import tokenizer as tok
 from solo.config import TokenizeConfig
 from solo.tokens import is_validation, pack, token_dtype, tokenize
@@ -119,9 +119,7 @@ def main() -> None:
                                               / runs["ray_1_cores_first"]["tokens_per_s"], 3),
         "goal": "scales with cores",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tokenize_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "tokenize_throughput.md").write_text(markdown(result))
+    record("tokenize_throughput", result, markdown(result))
     print(f"Ray 2 cores / 1 core {result['ray_2_over_1_cores']}; Ray 2 cores / single process "
           f"{result['ray_2_cores_over_single_process']}")
 

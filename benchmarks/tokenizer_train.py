@@ -11,19 +11,16 @@ Writes benchmarks/results/tokenizer_train.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
 import time
-from pathlib import Path
 from typing import Iterator
 
+from benchmarks.record import DATA, record
 from solo import tokenizer as tok
 from solo.config import InputSpec
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results"
 VAL_FRACTION = 0.05
 WEB = ["webtext/c4_en_train_first1000.jsonl", "webtext/fineweb_first300.json",
        "webtext/dolma_cc_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz",
@@ -89,9 +86,7 @@ def main() -> None:
         "bytes_per_token_ratio": round(bpt_ratio, 4), "bytes_per_token_goal": ">= 0.97",
         "held_out": held_out,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tokenizer_train.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "tokenizer_train.md").write_text(markdown(result))
+    record("tokenizer_train", result, markdown(result))
     print(f"training time solo/bare {time_ratio:.3f} (goal <= 1.1); held-out bytes/token solo/bare "
           f"{bpt_ratio:.4f} (goal >= 0.97)")
 

@@ -22,15 +22,14 @@ with the plain loop on W threads: the same cores. Overhead ratio = plain tokens/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.record import DATA, record
+
 RAY_CPUS = 2
 
 
@@ -194,9 +193,7 @@ def main() -> None:
         "zero_stages": args.zero_stages, "offload": "none", "precision": "fp32", "runs": runs,
         "goal": "overhead_ratio <= 1.25",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "train_overhead.md").write_text(markdown(result))
+    record("train_overhead", result, markdown(result))
     print(markdown(result))
 
 

@@ -94,7 +94,7 @@ class RemoteEngine(Engine):
 class Gateway:
     async def __init__(self, servers: list[DeploymentHandle], plans: list[ModelPlan], max_new_tokens: int,
                        limits: Limits):
-        from solo.serving.gateway import ServedModel, build_models_gateway
+        from solo.serving.gateway import ServedModel, build_gateway
         from solo.tokenizer import load
 
         bases, adapters = [], []
@@ -103,7 +103,7 @@ class Gateway:
             bases.append(ServedModel(plan.name, RemoteEngine(server, max_context), tokenizer))
             adapters += [ServedModel(adapter.name, RemoteEngine(server, max_context, adapter.name), tokenizer,
                                      parent=plan.name) for adapter in plan.adapters]
-        self._app = build_models_gateway(bases + adapters, max_new_tokens=max_new_tokens, limits=limits)
+        self._app = build_gateway(bases + adapters, max_new_tokens=max_new_tokens, limits=limits)
 
     def __serve_build_asgi_app__(self):
         return self._app

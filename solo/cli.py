@@ -10,6 +10,8 @@
                                               an OpenAI-compatible endpoint, in the foreground
     solo report RUN [--config FILE]           the run's report card: report.md and plots
     solo demo                                 the whole promise: train the demo model, serve it, ask it something
+    solo plan [--preset P --gpu-mem GB --host-mem GB [--nvme GB] [--gpus N]]
+                                              will it fit? memory and tokens/s of every strategy, and the pick
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
-from solo.config import REPO_ROOT, ServeConfig, load_config
+from solo.config import REPO_ROOT, ServeConfig, TrainConfig, load_config
 from solo.entry import main_guard
 from solo.errors import SoloError
+from solo.planner import DEFAULT_GPU, HOST_CORES, PCIE_GBPS
 from solo.runtime import cluster_file, worker_env
 from solo.store import RunStore, solo_home
+from solo.train import PEAK_TFLOPS
 
 DASHBOARD_PORT = 8265
 
@@ -303,6 +308,32 @@ def report(run_name: str, config: Path | None) -> None:
     print(f"report card: {write_report(run, settings)}")
 
 
+def plan(args: argparse.Namespace) -> None:
+    from solo import planner
+    from solo.runtime import cuda_available
+
+    if not cuda_available():  # DeepSpeed's estimators load its accelerator: say it is the CPU rather than be warned
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if args.preset is None:
+        print(planner.presets_table(args.vocab_size, args.seq_len))
+        return
+    if args.host_mem is None or (args.gpu_mem is None) == (not args.cpu):
+        raise SoloError("solo plan --preset P needs --host-mem GB, and --gpu-mem GB (a GPU) or --cpu (CPU workers)")
+    for flag, value in (("--gpu-mem", args.gpu_mem), ("--host-mem", args.host_mem), ("--nvme", args.nvme),
+                        ("--pcie-gbps", args.pcie_gbps)):
+        if value is not None and not value > 0:
+            raise SoloError(f"{flag} must be a positive number of GB (GB/s for --pcie-gbps), not {value:g}")
+    for flag, value in (("--gpus", args.gpus), ("--micro-batch", args.micro_batch), ("--grad-accum", args.grad_accum),
+                        ("--host-cores", args.host_cores), ("--seq-len", args.seq_len),
+                        ("--vocab-size", args.vocab_size)):
+        if value < 1:
+            raise SoloError(f"{flag} must be at least 1, not {value}")
+    hardware = planner.Hardware(gpu_mem_gb=args.gpu_mem, host_mem_gb=args.host_mem, nvme_gb=args.nvme, gpus=args.gpus,
+                                gpu=args.gpu, pcie_gbps=args.pcie_gbps, host_cores=args.host_cores)
+    model = planner.ModelShape.preset(args.preset, args.vocab_size, args.seq_len)
+    print(planner.render(planner.plan(model, hardware, args.seq_len, args.micro_batch, args.grad_accum)))
+
+
 def demo(port: int, overrides: list[str]) -> None:
     """`make demo`: a cluster, the demo pipeline as a Ray job, then the model served and asked."""
     started_cluster = not cluster_file().is_file()
@@ -385,6 +416,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="the run's name (its folder in $SOLO_HOME/runs)")
     p.add_argument("--config", type=Path, help="the pipeline config whose evaluate.cost prices the run")
 
+    p = commands.add_parser("plan", help="will it fit? memory and tokens/s of every training strategy, and the pick")
+    p.add_argument("--preset", choices=get_args(TrainConfig.model_fields["model"].annotation),
+                   help="without it: every preset's parameters and FLOPs/token")
+    p.add_argument("--gpu-mem", type=float, metavar="GB", help="memory of one GPU")
+    p.add_argument("--cpu", action="store_true", help="plan for training on CPU workers (one core each), no GPU")
+    p.add_argument("--host-mem", type=float, metavar="GB", help="the machine's memory")
+    p.add_argument("--nvme", type=float, metavar="GB", help="free space on an NVMe drive for ZeRO-Infinity offload")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs on the machine, one worker each (with --cpu: workers)")
+    p.add_argument("--gpu", default=DEFAULT_GPU, choices=list(PEAK_TFLOPS), help="its kind, for the peak TFLOPS")
+    p.add_argument("--micro-batch", type=int, default=1, help="sequences per worker per forward pass")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (offload traffic "
+                                                             "and CPU Adam come once a step)")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--pcie-gbps", type=float, default=PCIE_GBPS, help="host↔device bandwidth")
+    p.add_argument("--host-cores", type=int, default=HOST_CORES, help="cores running CPU Adam for offloaded optimizers")
+
     p = commands.add_parser("demo", help="train the demo model as a Ray job, serve it, ask it a question")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -415,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         report(args.run, args.config)
     elif args.command == "demo":
         demo(args.port, args.overrides)
+    elif args.command == "plan":
+        plan(args)
     return 0
 
 

@@ -138,9 +138,28 @@ class BoilerplateConfig(Schema):
     min_documents: int = Field(default=10, ge=2, description="documents of a domain a line must appear in")
 
 
+class QualityClassifierConfig(Schema):
+    """A fastText-style linear classifier over hashed word unigrams and bigrams, trained at the start
+    of the stage from the user's examples; a document it scores under `threshold` is dropped
+    (`quality_classifier`). Example files are read like inputs: jsonl or a JSON list (`text_field`),
+    a text file (one example), or a folder of them."""
+
+    positives: str = Field(description="examples of text to keep; relative paths from the repo root")
+    negatives: str = Field(description="examples of text to drop")
+    text_field: str = "text"
+    threshold: float = Field(default=0.5, ge=0, le=1, description="least probability of the positive class to keep")
+    held_out: float = Field(default=0.1, gt=0, lt=1, description="share of each class kept out of training to "
+                                                                 "measure the accuracy")
+    buckets: int = Field(default=1 << 18, ge=1024, description="hash buckets the unigrams and bigrams share")
+    epochs: int = Field(default=100, ge=1, description="full-batch Adam steps over the training examples")
+    learning_rate: float = Field(default=0.5, gt=0)
+    seed: int = Field(default=0, description="picks the held-out examples")
+
+
 class FilterConfig(Schema):
     """Cleaning after normalization, in FineWeb's order: boilerplate lines, language, Gopher
-    repetition, Gopher quality, C4, FineWeb; then PII in the kept text."""
+    repetition, Gopher quality, C4, FineWeb, then the optional quality classifier; then PII in the
+    kept text."""
 
     boilerplate: BoilerplateConfig = BoilerplateConfig()
     language: LanguageConfig = LanguageConfig()
@@ -148,23 +167,39 @@ class FilterConfig(Schema):
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
     c4: C4Config = C4Config()
     fineweb: FineWebConfig = FineWebConfig()
+    classifier: QualityClassifierConfig | None = Field(default=None, description="off unless given")
     pii: PIIConfig = PIIConfig()
 
 
 class DedupConfig(Schema):
     """Dedup over the whole corpus: exact (normalized text hash), then MinHash-LSH near-dedup whose
-    candidate pairs are verified by the exact Jaccard similarity of their shingle sets before any
-    cluster is merged. The survivor of a cluster is its smallest id."""
+    candidate pairs are verified exactly (`similarity`) before any cluster is merged. The survivor
+    of a cluster is its smallest id."""
 
     exact: bool = True
     near: bool = True
     shingle_words: int = Field(default=5, ge=1, le=16, description="words per shingle")
     bands: int = Field(default=14, ge=1, description="LSH bands; a pair is a candidate when one band matches")
     rows_per_band: int = Field(default=8, ge=1, description="MinHash values per band")
-    threshold: float = Field(default=0.7, gt=0, le=1, description="Jaccard of the shingle sets a candidate pair "
-                             "needs to count as a duplicate; 0.7 is about where 14 × 8 LSH turns, (1/14)^(1/8)")
+    probe_half_bands: bool = Field(
+        default=True, description="also propose the pairs whose MinHash values match on either half of a band "
+                                  "(4 of 8 rows): more candidates to verify, none merged unverified; a pair at "
+                                  "Jaccard 0.6 becomes a candidate with probability 0.98 instead of 0.16")
+    similarity: Literal["shared_words", "jaccard"] = Field(
+        default="shared_words", description="how a candidate pair is verified: shared_words, the share of the two "
+                                            "documents' words inside a shingle the other also has (robust to edited "
+                                            "spans); jaccard, the Jaccard of the two shingle sets")
+    threshold: float | None = Field(
+        default=None, gt=0, le=1, description="the similarity a candidate pair needs to count as a duplicate; "
+                                              "default 0.85 for shared_words (at most ~15% of the words edited), 0.7 "
+                                              "for jaccard (about where 14 × 8 LSH turns, (1/14)^(1/8))")
     seed: int = Field(default=1, description="picks the MinHash permutations")
-    verify_memory_mb: int = Field(default=256, ge=1, description="shingle sets held at once while verifying pairs")
+    verify_memory_mb: int = Field(default=256, ge=1, description="shingles held at once while verifying pairs")
+
+    def similarity_threshold(self) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return 0.85 if self.similarity == "shared_words" else 0.7
 
 
 EvalSetKind = Literal["gsm8k", "mmlu", "arc"]
@@ -261,8 +296,14 @@ class StrategyConfig(Schema):
     """How the model is spread over workers and memory: applied from outside the model."""
 
     zero_stage: Literal[0, 1, 2, 3] = 3
-    offload_optimizer: Literal["none", "cpu"] = "cpu"
-    offload_params: Literal["none", "cpu"] = "cpu"
+    offload_optimizer: Literal["none", "cpu", "nvme"] = Field(
+        default="cpu", description="where the optimizer state lives: on the device, in host memory, or in files under nvme_path")
+    offload_params: Literal["none", "cpu", "nvme"] = Field(
+        default="cpu", description="where ZeRO-3 keeps parameters between uses: on the device, in host memory, or "
+        "in files under nvme_path")
+    nvme_path: str | None = Field(
+        default=None, description="a writable folder on a fast local drive for `nvme` offload; DeepSpeed swaps "
+        "tensors to files under it (libaio's async I/O, cluster/system-packages.sh installs libaio-dev)")
     activation_checkpointing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
@@ -270,6 +311,17 @@ class StrategyConfig(Schema):
     def _param_offload_needs_stage3(self) -> "StrategyConfig":
         if self.offload_params != "none" and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage: 3")
+        return self
+
+    @model_validator(mode="after")
+    def _nvme_needs_a_writable_folder(self) -> "StrategyConfig":
+        if "nvme" not in (self.offload_optimizer, self.offload_params):
+            return self
+        if self.nvme_path is None:
+            raise ValueError("offload to nvme needs nvme_path: a writable folder on a fast local drive")
+        folder = Path(self.nvme_path).expanduser()
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"nvme_path {self.nvme_path} is not a writable folder: create it, or name another")
         return self
 
 
@@ -281,7 +333,13 @@ class TrainConfig(Schema):
     global_batch: int = Field(default=16, ge=1, description="sequences per optimizer step, whatever the worker count")
     max_steps: int = Field(default=200, ge=1)
     optim: OptimConfig = OptimConfig()
-    strategy: StrategyConfig = StrategyConfig()
+    strategy: StrategyConfig | Literal["auto"] = Field(
+        default=StrategyConfig(), description="how to spread the model over workers and memory; auto: the fastest "
+        "that fits this machine, chosen by the planner (solo.planner, `solo plan`) before training starts")
+    engine: Literal["deepspeed", "stream"] = Field(
+        default="deepspeed", description="deepspeed: ZeRO sharding and offload as `strategy` says; stream: weights "
+        "and Adam state in host memory, streamed to the device a layer at a time (solo.stream; full-weight "
+        "training only, fp32 or bf16; ZeRO and offload settings do not apply)")
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=50, ge=1)
     eval_batches: int = Field(default=8, ge=1)
@@ -296,6 +354,22 @@ class TrainConfig(Schema):
     def trains_adapters(self) -> bool:
         """Whether only LoRA adapters train (on a frozen, possibly 4-bit, base)."""
         return False
+
+    def fingerprint(self) -> str:
+        """Every setting but `workers`: the global batch is the same on any worker count, so a stage
+        interrupted on N workers and submitted again on M keeps its checkpoints (and is told plainly
+        whether it can resume from them) rather than silently starting afresh."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"workers"}), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @model_validator(mode="after")
+    def _stream_trains_every_weight(self) -> "TrainConfig":
+        if self.engine == "stream" and self.trains_adapters():
+            raise ValueError("engine: stream trains every weight (pretraining, method: sft); LoRA and QLoRA "
+                             "train with engine: deepspeed")
+        if self.engine == "stream" and self.strategy != "auto" and self.strategy.precision == "fp16":
+            raise ValueError("engine: stream computes in fp32 or bf16 (fp16 would need loss scaling)")
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":

@@ -1,8 +1,8 @@
 """The data stage: raw text in, clean deduplicated parquet out, as a Ray Data stream.
 
-    read → normalize → boilerplate lines → length, language and quality rules → PII scrub →
-    exact dedup → MinHash near dedup (both over the whole corpus) → eval decontamination →
-    domain mixing → data/ + dropped/
+    read → normalize → boilerplate lines → length, language and quality rules → quality
+    classifier (optional) → PII scrub → exact dedup → MinHash near dedup (both over the whole
+    corpus) → eval decontamination → domain mixing → data/ + dropped/
 
 Every record that does not survive is written to `dropped/` with the rule that dropped it,
 so nothing is lost silently; a corrupt record (bad JSON, invalid UTF-8, no text) is counted
@@ -21,10 +21,9 @@ import time
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
-from solo import boilerplate, corpus, decontam, mixing, neardedup, pii
+from solo import boilerplate, corpus, decontam, mixing, neardedup, pii, quality_classifier
 from solo import quality as quality_rules
 from solo.boilerplate import remove_lines
 from solo.config import DataConfig, InputSpec
@@ -174,10 +173,12 @@ class _ParquetRows:
 CLEANING_COUNTS = ("boilerplate_lines", "pii_email", "pii_ip", "pii_phone")
 
 
-def clean(batch: dict, config: DataConfig, boilerplate: frozenset[int] = frozenset()) -> dict:
-    """Normalize, remove boilerplate lines, apply the length, language and quality rules (the first
-    rule a document trips is its `reason`), scrub PII from what is kept; adds the exact-dedup key
-    and the per-document counts the report sums (`pii_*`, `boilerplate_lines`)."""
+def clean(batch: dict, config: DataConfig, boilerplate: frozenset[int] = frozenset(),
+          classifier: quality_classifier.Model | None = None) -> dict:
+    """Normalize, remove boilerplate lines, apply the length, language and quality rules, then the
+    quality classifier (the first rule a document trips is its `reason`), scrub PII from what is
+    kept; adds the exact-dedup key and the per-document counts the report sums (`pii_*`,
+    `boilerplate_lines`)."""
     f = config.filters
     unfiltered = {spec.domain for spec in config.inputs if not spec.applies_quality_filters()}
     out: dict[str, list] = {name: [] for name in ("text", "reason", "dedup_key", *CLEANING_COUNTS)}
@@ -188,7 +189,7 @@ def clean(batch: dict, config: DataConfig, boilerplate: frozenset[int] = frozens
             if boilerplate:
                 text, counts["boilerplate_lines"] = remove_lines(text, domain, boilerplate)
                 text = _BLANK_LINES.sub("\n\n", text)
-            text, reason = _first_rule(text, config, quality=domain not in unfiltered)
+            text, reason = _first_rule(text, config, domain not in unfiltered, classifier)
         if not reason and f.pii.enabled:
             text, found = pii.scrub(text, f.pii)
             for kind, n in found.items():
@@ -201,9 +202,11 @@ def clean(batch: dict, config: DataConfig, boilerplate: frozenset[int] = frozens
     return {**batch, **out}
 
 
-def _first_rule(text: str, config: DataConfig, quality: bool) -> tuple[str, str]:
-    """(text, reason) after the rules in FineWeb's order; C4 may remove lines from the text.
-    `quality` false (code, docs): the length rules only, language id is no judge of code either."""
+def _first_rule(text: str, config: DataConfig, quality: bool,
+                classifier: quality_classifier.Model | None = None) -> tuple[str, str]:
+    """(text, reason) after the rules in FineWeb's order, then the classifier; C4 may remove lines
+    from the text. `quality` false (code, docs): the length rules only, language id is no judge of
+    code either, nor a classifier trained on web pages."""
     f = config.filters
     if not text:
         return text, "empty"
@@ -215,7 +218,10 @@ def _first_rule(text: str, config: DataConfig, quality: bool) -> tuple[str, str]
         return text, ""
     if f.language.enabled and (reason := language_reason(text, f.language)):
         return text, reason
-    return quality_rules.apply(text, f)
+    text, reason = quality_rules.apply(text, f)
+    if not reason and classifier is not None and classifier.score(text) < f.classifier.threshold:
+        reason = "quality_classifier"
+    return text, reason
 
 
 def cleaning_stats(staged_dir: Path) -> dict[str, int]:
@@ -232,7 +238,9 @@ def cleaning_stats(staged_dir: Path) -> dict[str, int]:
 
 
 def frequent_lines(config: DataConfig) -> frozenset[int]:
-    """The boilerplate lines' keys: a first pass over the normalized inputs (see solo.boilerplate)."""
+    """The boilerplate lines' keys: a first pass over the normalized inputs (see solo.boilerplate).
+    It reads and normalizes the inputs again rather than staging them: in Ray 2.60 each read of a
+    parquet folder costs seconds of fixed overhead, more than parsing the inputs of most corpora."""
     if not config.filters.boilerplate.enabled:
         return frozenset()
     normalized = read_inputs(config).map_batches(_normalize_batch)
@@ -273,7 +281,7 @@ def mark_duplicates(batch: dict, survivors: dict[str, str]) -> dict:
 # same output as an uninterrupted one.
 
 _MARKER = "_COMMITTED"
-_SIGNATURE_SETTINGS = {"near", "shingle_words", "bands", "rows_per_band", "seed"}
+_SIGNATURE_SETTINGS = {"near", "shingle_words", "bands", "rows_per_band", "probe_half_bands", "seed"}
 
 
 def _input_stats(config: DataConfig) -> list:
@@ -283,6 +291,8 @@ def _input_stats(config: DataConfig) -> list:
             stats.append(["embedded", sys.version])
             continue
         stats += [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in resolve_files(spec)]
+    if config.filters.classifier is not None:  # its examples decide what the cleaning pass keeps
+        stats.append(quality_classifier.fingerprint(config.filters.classifier))
     return stats
 
 
@@ -329,6 +339,7 @@ def deduplicate(staged_dir: Path, config: DataConfig, work: Path):
     stats: dict = {"exact_duplicates": None, "near": config.dedup.near}
     if not config.dedup.near:
         return staged, stats
+    stats.update({"similarity": config.dedup.similarity, "threshold": config.dedup.similarity_threshold()})
     started = time.time()
     decisions = work / "near"
     key = pass_key(config, "dedup")
@@ -362,11 +373,12 @@ def decontaminate(staged, config: DataConfig):
 
 
 def mix(decided, config: DataConfig):
-    """Apply the domain weights to the kept rows; the plan needs only (domain, id) on the driver."""
+    """Apply the domain weights to the kept rows; the plan needs only (domain, id) on the driver.
+    Returns the mixed rows, the plan (None without weights) and its report."""
     if not config.mixing.weights:
-        return decided, {}
+        return decided, None, {}
     draws: dict[str, list[float]] = {}
-    kept = decided.filter(lambda r: r["reason"] == "").select_columns(["id", "domain"])
+    kept = decided.select_columns(["id", "domain", "reason"]).filter(lambda r: r["reason"] == "")
     for batch in kept.iter_batches(batch_format="pyarrow", batch_size=65536):
         for id_, domain in zip(batch.column("id").to_pylist(), batch.column("domain").to_pylist()):
             draws.setdefault(domain, []).append(mixing.draw(config.mixing.seed, id_))
@@ -374,7 +386,7 @@ def mix(decided, config: DataConfig):
     counts = {d: len(v) for d, v in draws.items()}
     after = {d: plan.whole.get(d, 1) * n + (sum(x < plan.cutoff[d] for x in draws[d]) if d in plan.cutoff else 0)
              for d, n in counts.items()}
-    return decided.map_batches(mixing.apply, fn_kwargs={"mix": plan}), mixing.report(counts, plan, after)
+    return decided.map_batches(mixing.apply, fn_kwargs={"mix": plan}), plan, mixing.report(counts, plan, after)
 
 
 def prepare(config: DataConfig, output: Path, progress=print) -> dict:
@@ -387,12 +399,15 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
     ctx.enable_progress_bars = False
 
     work = output / "_work"
+    classifier, classifier_stats = None, {}
+    if config.filters.classifier is not None:  # trained first: a bad example file fails before any work
+        classifier, classifier_stats = quality_classifier.prepare(config.filters.classifier, output, progress)
     staged_dir = work / "staged"
     key = pass_key(config)
     if committed(staged_dir, key):
         progress("data: reusing the committed staged pass")
     else:
-        staged = read_inputs(config).map_batches(clean, fn_kwargs={"config": config,
+        staged = read_inputs(config).map_batches(clean, fn_kwargs={"config": config, "classifier": classifier,
                                                                    "boilerplate": frequent_lines(config)})
         if config.dedup.near:  # MinHash signatures in the same pass: no second read of the texts
             staged = staged.map_batches(neardedup.sign, fn_kwargs={"config": config.dedup}, batch_size=256)
@@ -400,17 +415,23 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
         commit(staged_dir, key)
     staged, dedup_stats = deduplicate(staged_dir, config, work)
     staged, decontam_stats = decontaminate(staged, config)
+    # Materialized (Ray spills it to disk when its object store fills): the plan, the report and both
+    # writes read it. A parquet copy instead would cost each of them a read_parquet, seconds of fixed
+    # overhead apiece in Ray 2.60.
     decided = staged.drop_columns(["dedup_key"]).materialize()
-    mixed, mixing_stats = mix(decided, config)
+    mixed, plan, mixing_stats = mix(decided, config)
+    report = _report(decided, plan)  # also counts the rows and bytes mixing will keep
+    kept_rows = report.pop("kept_after_mixing")
+    kept_bytes = report.pop("kept_bytes_after_mixing")
 
     for folder in ("data", "dropped"):  # a killed attempt may have left part of them
         shutil.rmtree(output / folder, ignore_errors=True)
     kept = mixed.filter(lambda r: r["reason"] == "").select_columns(["id", "text", "domain"])
-    kept_rows = kept.count()
     kept.repartition(max(1, -(-kept_rows // config.rows_per_shard))).write_parquet(str(output / "data"))
     mixed.filter(lambda r: r["reason"] != "").write_parquet(str(output / "dropped"))
 
-    report = _report(decided, time.time() - started)
+    report["seconds"] = round(time.time() - started, 2)
+    report["docs_per_s"] = round(report["read"] / max(report["seconds"], 1e-9), 1)
     report["cleaning"] = cleaning_stats(staged_dir)
     dedup_stats["exact_duplicates"] = report["dropped_by_reason"].get("dup_exact", 0)
     report["dedup"] = dedup_stats
@@ -418,12 +439,9 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
         report["decontamination"] = decontam_stats
     if mixing_stats:
         report["mixing"] = mixing_stats
-    kept_bytes = report["kept_bytes"]
-    if mixing_stats:
-        # Summed here, not with Dataset.sum: its shuffle starts actors that cost more than the pass.
-        sizes = kept.map_batches(_text_bytes).iter_batches(batch_format="numpy")
-        kept_bytes = sum(int(b["bytes"].sum()) for b in sizes)
         mixing_stats.update({"documents_after": kept_rows, "bytes_after": kept_bytes})
+    if classifier_stats:
+        report["quality_classifier"] = classifier_stats
     shutil.rmtree(work)
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (output / "report.md").write_text(_report_markdown(report) + _dedup_markdown(report))
@@ -434,18 +452,14 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
             "docs_per_s": report["docs_per_s"]}
 
 
-def _text_bytes(batch: dict) -> dict:
-    return {"bytes": np.array([len(t.encode()) for t in batch["text"]], dtype=np.int64)}
-
-
 def _dedup_markdown(report: dict) -> str:
     """The dedup, decontamination and mixing sections of report.md."""
     dedup = report.get("dedup", {})
     lines = ["", "## Dedup", "", f"Exact duplicates dropped: {dedup.get('exact_duplicates', 0):,}."]
     if dedup.get("near"):
         lines.append(f"MinHash-LSH: {dedup['candidate_pairs']:,} candidate pairs, {dedup['verified_pairs']:,} verified "
-                     f"by Jaccard; {dedup['near_duplicates']:,} near duplicates dropped from "
-                     f"{dedup['near_clusters']:,} clusters (survivor: the smallest id).")
+                     f"({dedup['similarity']} ≥ {dedup['threshold']}); {dedup['near_duplicates']:,} near duplicates "
+                     f"dropped from {dedup['near_clusters']:,} clusters (survivor: the smallest id).")
     if "decontamination" in report:
         d = report["decontamination"]
         lines += ["", "## Decontamination", "", f"{d['ngram_words']}-word n-grams of {', '.join(d['sets'])} "
@@ -462,13 +476,14 @@ def _dedup_markdown(report: dict) -> str:
 EXAMPLES_PER_RULE = 3
 
 
-def _report(decided, seconds: float) -> dict:
-    """Counts per rule, examples, sizes per domain, throughput: streamed over the decided rows a
-    batch at a time (only the columns it needs), so memory does not grow with the corpus."""
+def _report(decided, plan: mixing.MixPlan | None = None) -> dict:
+    """Counts per rule, examples, sizes per domain, and the rows and bytes left after mixing by
+    `plan` (every row's copies): streamed over the decided rows a batch at a time (only the columns
+    it needs), so memory does not grow with the corpus. The caller adds the time."""
     dropped: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
     per_domain: dict[str, dict[str, int]] = {}
-    read = kept = kept_bytes = 0
+    read = kept = kept_bytes = mixed_rows = mixed_bytes = 0
     columns = decided.select_columns(["reason", "domain", "text", "id"])
     for batch in columns.iter_batches(batch_format="pyarrow", batch_size=4096):
         reasons = batch.column("reason").to_pylist()
@@ -483,6 +498,9 @@ def _report(decided, seconds: float) -> dict:
                 totals = per_domain.setdefault(domain, {"documents": 0, "bytes": 0})
                 totals["documents"] += 1
                 totals["bytes"] += size
+                copies = plan.copies(domain, batch.column("id")[i].as_py()) if plan else 1
+                mixed_rows += copies
+                mixed_bytes += copies * size
                 continue
             rule = reason.split(":", 1)[0] if reason.startswith("corrupt") else reason
             dropped[rule] = dropped.get(rule, 0) + 1
@@ -492,8 +510,8 @@ def _report(decided, seconds: float) -> dict:
                 shown.append(f"{id_}: {reason if rule == 'corrupt' else texts[i].as_py()[:120]!r}")
     return {
         "read": read, "kept": kept, "kept_bytes": kept_bytes, "dropped_by_reason": dict(sorted(dropped.items())),
-        "examples": examples, "domains": per_domain, "seconds": round(seconds, 2),
-        "docs_per_s": round(read / max(seconds, 1e-9), 1),
+        "examples": examples, "domains": per_domain, "kept_after_mixing": mixed_rows,
+        "kept_bytes_after_mixing": mixed_bytes,
     }
 
 
@@ -512,4 +530,10 @@ def _report_markdown(report: dict) -> str:
         lines += ["", f"Boilerplate lines removed: {c['boilerplate_lines']:,}. PII replaced in kept text: "
                   f"{c['pii_email']:,} e-mail addresses, {c['pii_ip']:,} IP addresses, "
                   f"{c['pii_phone']:,} phone numbers."]
+    if "quality_classifier" in report:
+        q = report["quality_classifier"]
+        lines += ["", f"Quality classifier: trained on {q['trained_on']:,} of {q['positives']:,} positive and "
+                  f"{q['negatives']:,} negative examples, accuracy {q['held_out_accuracy']:.3f} on the "
+                  f"{q['held_out']:,} held out; documents scored under {q['threshold']} are `quality_classifier` "
+                  f"above (model: `{q['model']}`)."]
     return "\n".join(lines) + "\n"

@@ -61,12 +61,15 @@ def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from:
     def main() -> int:
         from solo.config import DataConfig, InputSpec, PipelineConfig, default_config_path, load_config
         from solo.pipeline import STAGE_BY_NAME, run_stage
+        from solo.runtime import launched_rank
         from solo.store import RunStore
 
         section = STAGE_BY_NAME[stage].section
         parser = job_parser(doc, inputs=stage in ("prepare_data", "tokenizer"),
                             data=data_from is not None or stage == "finetune", model=model_from is not None)
         parser.add_argument("--run", default="default", help="the run to read inputs from and write to")
+        # The deepspeed launcher appends it; LOCAL_RANK in the environment says the same.
+        parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
         args = parser.parse_args(argv)
         if getattr(args, "inputs", None) and getattr(args, "data", None):
             parser.error("--input and --data both name what to read: pass one")
@@ -89,7 +92,8 @@ def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from:
             if stage == "finetune":  # a Hugging Face folder carries its own tokenizer and chat template
                 inputs["tokenizer"] = inputs[model_from]
         manifest = run_stage(stage, config, RunStore.named(args.run), inputs, args.output, from_raw_inputs=bool(raw))
-        print(json.dumps(manifest.metrics, indent=2))
+        if not launched_rank():  # under the deepspeed launcher, rank 0 alone reports
+            print(json.dumps(manifest.metrics, indent=2))
         return 0
 
     return main()

@@ -20,8 +20,8 @@ from typing import Callable
 
 from solo.config import PipelineConfig
 from solo.errors import SoloError
-from solo.runtime import init_ray
-from solo.store import Manifest, RunStore, read_manifest, staged_output
+from solo.runtime import init_ray, launched_rank, wait_for_all_ranks
+from solo.store import Manifest, RunStore, partial_folder, read_manifest, staged_output
 
 
 @dataclass
@@ -235,18 +235,28 @@ def _input_key(folder: Path) -> str:
 
 
 def execute(stage: Stage, config: PipelineConfig, run: RunStore, inputs: dict[str, Path], input_keys: dict[str, str],
-            final: Path) -> Manifest:
-    """Run one stage into `final`, or skip it when its manifest there matches; returns that manifest."""
+            final: Path, rank: int | None = None) -> Manifest:
+    """Run one stage into `final`, or skip it when its manifest there matches; returns that manifest.
+
+    `rank`: this process's rank when the `deepspeed` launcher started one process per rank (None
+    under Ray). Rank 0 owns the stage folder and its manifest; the others wait until it has prepared
+    the `.partial` folder, then train in it. Every rank reads the same files, so all skip alike."""
     config_hash = _config_hash(config, stage)
     existing = read_manifest(final)
     if existing and existing.status == "complete" and existing.config_hash == config_hash \
             and existing.inputs == input_keys:
         print(f"↷ {stage.name}: up to date ({final})", flush=True)
         return existing
-    print(f"▶ {stage.name}", flush=True)
     manifest = Manifest(stage=stage.name, status="running", config_hash=config_hash, inputs=input_keys,
                         started_at=time.time())
+    if rank:
+        wait_for_all_ranks()
+        manifest.metrics = stage.run(StageContext(config, run, partial_folder(final), inputs))
+        return manifest
+    print(f"▶ {stage.name}", flush=True)
     with staged_output(final, manifest) as output:
+        if rank == 0:
+            wait_for_all_ranks()  # the `.partial` folder is ready
         manifest.metrics = stage.run(StageContext(config, run, output, inputs))
     print(f"✓ {stage.name} in {manifest.duration_s:.1f} s → {final}", flush=True)
     return manifest
@@ -283,5 +293,13 @@ def run_stage(name: str, config: PipelineConfig, run: RunStore, inputs: dict[str
                 raise SoloError(f"{name} reads the output of {upstream}, and there is none at {folder}: run "
                                 f"`python -m jobs.{upstream}` first (or the pipeline), or pass the folder to read")
         keys = {n: _input_key(f) for n, f in folders.items()}
-    init_ray()
-    return execute(stage, config, run, folders, keys, output or run.stage_dir(stage.folder))
+    rank = launched_rank()
+    if rank is None:
+        init_ray()
+    elif name != "pretrain":
+        raise SoloError(f"{name} runs under Ray only; of the stages, pretrain alone runs under the deepspeed launcher")
+    else:
+        from solo.train import start_launched
+
+        start_launched(config.pretrain)
+    return execute(stage, config, run, folders, keys, output or run.stage_dir(stage.folder), rank)

@@ -39,6 +39,53 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def build_deepspeed_ops() -> None:
+    """Compile DeepSpeed's ops that training loads (`make ops`, before the tests): CPU Adam, for
+    optimizer offload, and async I/O, for NVMe offload, into the cache every job reads, so that no job
+    or test waits minutes on the first build. Async I/O needs libaio (cluster/system-packages.sh)."""
+    for key, value in worker_env().items():
+        os.environ.setdefault(key, value)
+    from deepspeed.ops.op_builder import AsyncIOBuilder, CPUAdamBuilder
+
+    CPUAdamBuilder().load(verbose=False)
+    if AsyncIOBuilder().is_compatible(verbose=False):
+        AsyncIOBuilder().load(verbose=False)
+    else:  # everything but NVMe offload works without it
+        print("note: DeepSpeed's async I/O op cannot build here, so NVMe offload will not work: install "
+              "libaio-dev (bash cluster/system-packages.sh)", flush=True)
+    print(f"DeepSpeed ops ready in {torch_extensions_dir()}", flush=True)
+
+
+def join_one_process_group(cuda: bool) -> None:
+    """Make this process the only rank of a torch.distributed group, so `solo.train.train_worker`
+    runs in it as under a one-process `deepspeed` launch: for benchmarks and tests."""
+    import socket
+
+    import deepspeed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it whenever one is built
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
+                               init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def wait_for_all_ranks() -> None:
+    """A barrier across the processes the `deepspeed` launcher started."""
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def launched_rank() -> int | None:
+    """This process's rank when the `deepspeed` or `torchrun` launcher started it (training without
+    Ray), else None. Ray Train sets the same variables, but only inside its workers, never in a driver."""
+    if all(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        return int(os.environ["RANK"])
+    return None
+
+
 def cluster_file() -> Path:
     """Where `solo up` records the cluster it started, and `solo down` removes it."""
     return solo_home() / "cluster.json"

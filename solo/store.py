@@ -154,6 +154,11 @@ def find_adapter(name: str) -> tuple[Path, AdapterManifest]:
 
 
 
+def partial_folder(final: Path) -> Path:
+    """Where a stage writes until it is whole."""
+    return final.with_name(final.name + ".partial")
+
+
 @contextmanager
 def staged_output(final: Path, manifest: Manifest) -> Iterator[Path]:
     """Yield a `.partial` folder to write into; on success, publish it under `final`.
@@ -161,7 +166,7 @@ def staged_output(final: Path, manifest: Manifest) -> Iterator[Path]:
     A `.partial` left by an interrupted attempt with the same config is reused (that is how
     training resumes from its checkpoints); one from another config is cleared first.
     """
-    partial = final.with_name(final.name + ".partial")
+    partial = partial_folder(final)
     previous = read_manifest(partial)
     if partial.exists() and (previous is None or previous.config_hash != manifest.config_hash
                              or previous.inputs != manifest.inputs):

@@ -12,8 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 import resource
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,9 +56,9 @@ def deepspeed_config(config: TrainConfig, workers: int) -> dict:
     accumulation = config.global_batch // (config.micro_batch * workers)
     zero: dict = {"stage": strategy.zero_stage}
     if strategy.offload_optimizer != "none":
-        zero["offload_optimizer"] = {"device": strategy.offload_optimizer, "pin_memory": False}
+        zero["offload_optimizer"] = offload_target(strategy.offload_optimizer, strategy.nvme_path)
     if strategy.offload_params != "none":
-        zero["offload_param"] = {"device": strategy.offload_params, "pin_memory": False}
+        zero["offload_param"] = offload_target(strategy.offload_params, strategy.nvme_path)
     if strategy.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     optimizer_params: dict = {}
@@ -79,7 +83,22 @@ def deepspeed_config(config: TrainConfig, workers: int) -> dict:
             "weight_decay": config.optim.weight_decay, **optimizer_params}},
         "steps_per_print": 10**9,  # our own log line replaces DeepSpeed's
         "wall_clock_breakdown": False,
+        **({"aio": NVME_AIO} if "nvme" in (strategy.offload_optimizer, strategy.offload_params) else {}),
     }
+
+
+# libaio settings for NVMe offload: DeepSpeed's defaults (1 MiB blocks, 8 requests in flight per thread).
+NVME_AIO = {"block_size": 1048576, "queue_depth": 8, "intra_op_parallelism": 1, "single_submit": False,
+            "overlap_events": True}
+
+
+def offload_target(device: str, nvme_path: str | None) -> dict:
+    """DeepSpeed's `offload_optimizer`/`offload_param` section; with nvme, tensors are swapped to files
+    under `nvme_path` (DeepSpeed adds zero_stage_3/<what>/rank<N>/ below it)."""
+    target: dict = {"device": device, "pin_memory": False}
+    if device == "nvme":
+        target["nvme_path"] = str(Path(nvme_path).expanduser().resolve())
+    return target
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -108,7 +127,8 @@ def host_peak_gb() -> float:
 
 
 class CheckpointSink:
-    """Where checkpoints go (Ray Train's storage, under Ray)."""
+    """Where checkpoints go (Ray Train's storage, under Ray). This base keeps none, and resumes from
+    none: a run measured for its speed or memory alone."""
 
     def latest(self) -> Path | None: ...
     def save(self, engine, step: int, client_state: dict, metrics: dict, exclude_frozen: bool = False) -> None: ...
@@ -143,6 +163,39 @@ class RaySink(CheckpointSink):
         ray.train.report(metrics)
 
 
+class FolderSink(CheckpointSink):
+    """Checkpoints in the stage folder, for runs without Ray (the `deepspeed` or `torchrun` launcher):
+    `checkpoints/step_XXXXXXXX/` per save, the last `keep` kept, and `checkpoints/latest` naming the
+    newest. DeepSpeed's own `latest` is written by rank 0 without waiting for the other ranks' shards,
+    so here it is written only after a barrier: a crash mid-save leaves `latest` on the previous one."""
+
+    def __init__(self, folder: Path, keep: int):
+        self.folder, self.keep = folder, keep
+
+    def latest(self):
+        return self.folder if (self.folder / "latest").is_file() else None
+
+    def save(self, engine, step, client_state, metrics, exclude_frozen=False):
+        import torch.distributed as dist
+
+        tag = f"step_{step:08d}"
+        engine.save_checkpoint(str(self.folder), tag=tag, client_state=client_state, save_latest=False,
+                               exclude_frozen_parameters=exclude_frozen)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            pointer = self.folder / ".latest.tmp"
+            pointer.write_text(tag)
+            os.replace(pointer, self.folder / "latest")
+            for old in sorted(self.folder.glob("step_*"))[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            # A universal form made to resume on this worker count (see convert_for_worker_count) is
+            # stale once a checkpoint of this count exists, and as large as the model's whole state.
+            shutil.rmtree(self.folder / UNIVERSAL, ignore_errors=True)
+
+    def report(self, metrics):
+        pass
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -156,13 +209,66 @@ def checkpoint_workers(folder: Path) -> int | None:
     return len(shards) or None
 
 
-def check_same_workers(folder: Path, workers: int) -> None:
+def newest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint a run in this stage folder would resume from: the folder sink's (`checkpoints/`,
+    the deepspeed launcher), else Ray Train's newest (`ray/train/checkpoint_<time>`, names in time order)."""
+    if (output_dir / "checkpoints" / "latest").is_file():
+        return output_dir / "checkpoints"
+    under_ray = sorted(p for p in (output_dir / "ray" / "train").glob("checkpoint_*") if (p / "latest").is_file())
+    return under_ray[-1] if under_ray else None
+
+
+UNIVERSAL = "universal"  # beside a ZeRO checkpoint's tags: its universal form, for another worker count
+
+
+def convert_for_worker_count(output_dir: Path, config: TrainConfig) -> None:
+    """Before training starts, when the checkpoint it will resume from was written by another number of
+    workers: convert it once into DeepSpeed's universal checkpoint (`<folder>/universal/`), which holds
+    each parameter's weights and Adam moments whole, so that any worker count can load its own
+    partitions of them. DeepSpeed loads its native per-rank ZeRO shards only onto as many ranks as
+    wrote them. The data loader's position counts rows of the whole run, so it resumes on any count."""
+    folder = newest_checkpoint(output_dir)
+    saved = checkpoint_workers(folder) if folder is not None and config.engine != "stream" else None
+    if saved is None or saved == config.workers:
+        return
+    tag = (folder / "latest").read_text().strip()
+    target = folder / UNIVERSAL
+    if (target / "latest_universal").is_file() and (target / "latest_universal").read_text().strip() == tag:
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    print(f"the checkpoint {tag} was written by {saved} workers and this run has {config.workers}: converting it "
+          f"to DeepSpeed's universal checkpoint", flush=True)
+    done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                           str(folder / tag), "--output_folder", str(target / tag), "--num_extract_workers", "1",
+                           "--num_merge_workers", "1"], capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise SoloError(f"could not convert the {saved}-worker checkpoint {folder / tag} to resume on "
+                        f"{config.workers} workers (DeepSpeed's ds_to_universal: {done.stderr.strip()[-500:]}); "
+                        f"resume with --set workers={saved}")
+
+
+def resumes_universal(folder: Path, workers: int) -> bool:
+    """Whether the checkpoint in `folder` loads through its universal form (another worker count wrote it)."""
     saved = checkpoint_workers(folder)
-    if saved is not None and saved != workers:
-        raise SoloError(
-            f"the checkpoint in {folder} was written by {saved} workers but this run has {workers}: resuming "
-            f"ZeRO optimizer shards on another worker count is not supported; resume with {saved} workers "
-            f"(--set workers={saved}) or start the stage afresh")
+    if saved is None or saved == workers:
+        return False
+    if not (folder / UNIVERSAL / "latest_universal").is_file():
+        raise SoloError(f"the checkpoint in {folder} was written by {saved} workers and has no universal form "
+                        f"to resume on {workers}: resume with --set workers={saved}")
+    return True
+
+
+def check_resumable(folder: Path, engine: str) -> None:
+    """DeepSpeed cannot resume a stream checkpoint (its Adam state is not in ZeRO's shards); the stream
+    engine resumes both kinds."""
+    from solo.stream import is_stream_checkpoint
+
+    if engine == "stream":
+        return  # it reads any engine's checkpoint written on any worker count (solo.stream)
+    if is_stream_checkpoint(folder):
+        raise SoloError(f"the checkpoint in {folder} was written by engine: stream, which DeepSpeed cannot resume; "
+                        f"resume with --set engine=stream, or start the stage afresh")
 
 
 def _record_restart(output_dir: Path, step: int) -> None:
@@ -172,8 +278,29 @@ def _record_restart(output_dir: Path, step: int) -> None:
         write_manifest(output_dir, manifest)
 
 
-def build_model(job: TrainJob, ds_config: dict, device):
-    """The model, created (or loaded) straight into ZeRO-3 partitions when stage 3 is on.
+def param_swap_buffer_elements(job: TrainJob) -> int:
+    """Elements of one NVMe swap buffer for parameters: the largest weight's (the embedding's or an MLP
+    projection's) partition on one worker, which DeepSpeed swaps whole through one buffer. Its default,
+    1e8, is too small for a 7B embedding on one GPU, and pins 2 GB of host memory for a small model."""
+    import torch.distributed as dist
+    from transformers import AutoConfig
+
+    from solo.tokenizer import load
+
+    if job.init_model_dir:
+        shape = AutoConfig.from_pretrained(job.init_model_dir)
+        vocab, hidden, intermediate = shape.vocab_size, shape.hidden_size, shape.intermediate_size
+    else:
+        from solo.model import PRESETS
+
+        preset = PRESETS[job.config.model]
+        vocab, hidden, intermediate = len(load(job.tokenizer_dir)), preset.hidden, preset.intermediate
+    return -(-max(vocab, intermediate) * hidden // dist.get_world_size())
+
+
+def build_model(job: TrainJob, ds_config: dict | None, device):
+    """The model, created (or loaded) straight into ZeRO-3 partitions when stage 3 is on (no ds_config:
+    whole, for the stream engine).
 
     Returns the model and the `HfDeepSpeedConfig` that must stay alive while it trains:
     transformers holds it weakly, and it is what tells transformers that ZeRO-3 is on.
@@ -184,7 +311,9 @@ def build_model(job: TrainJob, ds_config: dict, device):
     from solo import model as presets
     from solo.tokenizer import load, stop_token_ids
 
-    zero3 = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
+    if ds_config and ds_config["zero_optimization"].get("offload_param", {}).get("device") == "nvme":
+        ds_config["zero_optimization"]["offload_param"]["buffer_size"] = param_swap_buffer_elements(job)
+    zero3 = HfDeepSpeedConfig(ds_config) if ds_config and ds_config["zero_optimization"]["stage"] == 3 else None
     if job.config.trains_adapters():
         from solo.adapters import adapter_model
 
@@ -200,9 +329,38 @@ def build_model(job: TrainJob, ds_config: dict, device):
     return LlamaForCausalLM._from_config(llama), zero3
 
 
+def make_engine(job: TrainJob, workers: int, device, load_universal: bool = False):
+    """The engine `engine:` names, both driven alike by train_worker: DeepSpeed's (ZeRO, offload) or the
+    layer-streaming one (solo.stream). Returns the engine, the optimizer whose param_groups take the
+    LR, the micro-batches per step, and what must stay alive while it trains. `load_universal`: the
+    checkpoint to resume is DeepSpeed's universal one (written by another worker count)."""
+    import deepspeed
+
+    config = job.config
+    ds_config = deepspeed_config(config, workers)
+    if load_universal:
+        ds_config["checkpoint"] = {"load_universal": True}
+    accumulation = ds_config["gradient_accumulation_steps"]
+    if config.engine == "stream":
+        from solo.stream import StreamEngine
+
+        model, _ = build_model(job, None, device)
+        model.train()
+        engine = StreamEngine(model, config, device, accumulation)
+        return engine, engine.optimizer, accumulation, None
+    model, zero3_alive = build_model(job, ds_config, device)
+    # from_pretrained hands back a model in eval mode, where transformers skips activation
+    # checkpointing and dropout (LoRA's included) is off.
+    model.train()
+    if config.strategy.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    return engine, optimizer, accumulation, zero3_alive
+
+
 def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     """Runs on every worker; torch.distributed is already up. Returns rank 0's final metrics."""
-    import deepspeed
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -220,23 +378,17 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     np.random.seed(config.seed + rank)
     torch.manual_seed(config.seed)
 
-    ds_config = deepspeed_config(config, workers)
-    model, _zero3_alive = build_model(job, ds_config, device)
-    # from_pretrained hands back a model in eval mode, where transformers skips activation
-    # checkpointing and dropout (LoRA's included) is off.
-    model.train()
-    if config.strategy.activation_checkpointing:
-        model.gradient_checkpointing_enable()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
-    accumulation = ds_config["gradient_accumulation_steps"]
+    restored = sink.latest()
+    universal = restored is not None and config.engine != "stream" and resumes_universal(restored, workers)
+    engine, optimizer, accumulation, _zero3_alive = make_engine(job, workers, device, load_universal=universal)
+    trainable = [p for p in engine.module.parameters() if p.requires_grad]
 
     step, state = 0, LoaderState()
-    restored = sink.latest()
     if restored is not None:
-        check_same_workers(restored, workers)
-        # The tag DeepSpeed recorded in `latest`; adapter checkpoints hold the adapters alone.
-        _, client = engine.load_checkpoint(str(restored), load_module_strict=not config.trains_adapters())
+        check_resumable(restored, config.engine)
+        # The tag DeepSpeed recorded in `latest` (`latest_universal`); adapter checkpoints hold the adapters alone.
+        _, client = engine.load_checkpoint(str(restored / UNIVERSAL if universal else restored),
+                                           load_module_strict=not config.trains_adapters())
         step, state = client["step"], LoaderState(**client["loader"])
         torch.set_rng_state(client["torch_rng"])
         if rank == 0:
@@ -255,6 +407,9 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
         if config.trains_adapters():
             what = (f"{config.method} (rank {config.lora.rank}) on a {params / 1e6:.1f}M-parameter base: "
                     f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trainable, data parallel (ZeRO-0)")
+        elif config.engine == "stream":
+            what = (f"model {config.model}: {params / 1e6:.1f}M parameters; layer-streaming engine, weights and "
+                    f"Adam in host memory, {config.strategy.precision} compute on {device}")
         else:
             what = (f"model {config.model}: {params / 1e6:.1f}M parameters; ZeRO-{config.strategy.zero_stage}, offload "
                     f"optimizer={config.strategy.offload_optimizer} params={config.strategy.offload_params}")
@@ -375,7 +530,7 @@ def export_model(engine, job: TrainJob, rank: int) -> None:
         if rank == 0:
             export_adapters(engine, job)
         return
-    if job.config.strategy.zero_stage == 3:
+    if job.config.engine == "deepspeed" and job.config.strategy.zero_stage == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers on every rank, returns on rank 0
     else:
         state_dict = engine.module.state_dict()
@@ -468,12 +623,45 @@ def _ray_worker_entry(loop_config: dict) -> None:
     train_worker(loop_config["job"], RaySink())
 
 
+def start_launched(config: TrainConfig) -> None:
+    """torch.distributed from the `deepspeed`/`torchrun` launcher's environment, for a run without Ray."""
+    from solo.runtime import worker_env
+
+    world = int(os.environ["WORLD_SIZE"])
+    if world != config.workers:
+        raise SoloError(f"the launcher started {world} processes but the config says workers: {config.workers}; "
+                        f"pass --set workers={world} (the global batch stays {config.global_batch})")
+    # What Ray gives its workers (the compiled-op cache, DeepSpeed's CPU accelerator without a GPU),
+    # set before DeepSpeed is imported, since it picks its accelerator then.
+    for key, value in worker_env().items():
+        os.environ.setdefault(key, value)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda(config) else "gloo")
+
+
 def run_training(job: TrainJob) -> dict:
-    """Train under Ray Train; a worker that dies restarts the group from the last checkpoint."""
+    """Train under Ray Train, where a worker that dies restarts the group from the last checkpoint; or,
+    in a process the `deepspeed` launcher started (one per GPU), run the loop here with checkpoints in
+    the stage folder, from which a run started again resumes."""
+    from solo.planner import resolve_auto_strategy
+    from solo.runtime import launched_rank, wait_for_all_ranks
+
+    # `strategy: auto` becomes the planner's pick for this machine, once, before any worker starts.
+    job, planned = resolve_auto_strategy(job, quiet=bool(launched_rank()))
+    config = job.config
+    if launched_rank() is not None:
+        start_launched(config)
+        if launched_rank() == 0:
+            convert_for_worker_count(Path(job.output_dir), config)
+        wait_for_all_ranks()
+        metrics = train_worker(job, FolderSink(Path(job.output_dir) / "checkpoints", config.keep_checkpoints))
+        return {**_summary(Path(job.output_dir), metrics), **planned}
+
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    config = job.config
+    convert_for_worker_count(Path(job.output_dir), config)
     cuda = use_cuda(config)
     trainer = TorchTrainer(
         _ray_worker_entry,
@@ -489,7 +677,7 @@ def run_training(job: TrainJob) -> dict:
         ),
     )
     result = trainer.fit()
-    return _summary(Path(job.output_dir), result.metrics or {})
+    return {**_summary(Path(job.output_dir), result.metrics or {}), **planned}
 
 
 def _summary(output: Path, last: dict) -> dict:

@@ -40,3 +40,67 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder as a run's tokenizer and tokenize stages leave it: tokenizer/ (a 512-token BPE on 60
+    embedded documents) and tokens/{train,val}/ (rows of 64 tokens, split by document as tokenize
+    does). Built once per session (~3 s)."""
+    from solo import corpus
+    from solo import tokenizer as tok
+    from solo.tokens import ShardWriter, is_validation, pack, token_dtype
+
+    seq_len = 64
+    folder = tmp_path_factory.mktemp("tiny-tokens")
+    documents = list(corpus.documents(max_documents=60))
+    tokenizer = tok.train_bpe((d["text"] for d in documents), vocab_size=512, min_frequency=2)
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    for split in ("train", "val"):
+        members = [d for d in documents if is_validation(d["id"], 0.1) == (split == "val")]
+        encoded = [tokenizer(d["text"], add_special_tokens=False)["input_ids"] for d in members]
+        rows, _ = pack(encoded, tokenizer.eos_token_id, seq_len, token_dtype(len(tokenizer)))
+        writer = ShardWriter(folder / "tokens" / split, seq_len, token_dtype(len(tokenizer)), rows_per_shard=256)
+        for row in rows:
+            writer.add(row)
+        writer.close()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gloo_group():
+    """A one-process gloo group, so `train_worker` runs in the test process as rank 0 of 1. One for
+    the whole session: DeepSpeed keeps the groups it derives from the first one, so a group made
+    after destroying it is refused as "not registered"."""
+    import torch.distributed as dist
+
+    from solo.runtime import join_one_process_group
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOCAL_RANK", "0")  # and never RANK: solo.runtime.launched_rank must not see a launcher
+        join_one_process_group(cuda=False)
+        yield
+        dist.destroy_process_group()
+
+
+class PickedCheckpointSink:
+    """Each checkpoint in a folder of its own, like Ray Train's; `resume_from` plays a restarted
+    worker handed that checkpoint. (`solo.train.FolderSink` always resumes from the newest.)"""
+
+    def __init__(self, root: Path, resume_from: Path | None = None):
+        self.root, self.resume_from = root, resume_from
+
+    def latest(self):
+        return self.resume_from
+
+    def save(self, engine, step, client_state, metrics, exclude_frozen=False):
+        engine.save_checkpoint(str(self.root / f"step_{step}"), tag=f"step_{step:08d}", client_state=client_state,
+                               exclude_frozen_parameters=exclude_frozen)
+
+    def report(self, metrics):
+        pass
+
+
+@pytest.fixture(scope="session")
+def picked_sink() -> type[PickedCheckpointSink]:
+    return PickedCheckpointSink

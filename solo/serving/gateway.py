@@ -230,6 +230,10 @@ class ModelService:
         self.texts = TokenTexts(tokenizer)
         self.created = now()
 
+    def admit(self) -> Callable[[], None]:
+        """Count a generation of this model in flight (or refuse it); call what it returns when it ends."""
+        return self.admission.enter(self.model_name)
+
     def model_card(self) -> ModelCard:
         return ModelCard(id=self.model_name, created=self.created, max_model_len=self.engine.max_context,
                          parent=self.parent)
@@ -586,18 +590,22 @@ def models_router(models: Models) -> APIRouter:
     return router
 
 
+async def respond(service: ChatService | CompletionService,
+                  request: ChatCompletionRequest | CompletionRequest) -> BaseModel | StreamingResponse:
+    prompt_ids, params = service.prepare(request)  # errors are raised here, while a status can still be sent
+    leave = service.model.admit()
+    if request.stream:
+        return _event_stream(service.stream(request, prompt_ids, params, leave))
+    return await service.complete(request, prompt_ids, params, leave)
+
+
 def chat_router(models: Models) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", response_model=None)
     async def create_chat_completion(request: ChatCompletionRequest,
                                      http: Request) -> ChatCompletionResponse | StreamingResponse:
-        chat = ChatService(models.get(request.model, http))
-        prompt_ids, params = chat.prepare(request)  # errors are raised here, while a status can still be sent
-        leave = chat.model.admission.enter(chat.model.model_name)
-        if request.stream:
-            return _event_stream(chat.stream(request, prompt_ids, params, leave))
-        return await chat.complete(request, prompt_ids, params, leave)
+        return await respond(ChatService(models.get(request.model, http)), request)
 
     return router
 
@@ -608,24 +616,12 @@ def completions_router(models: Models) -> APIRouter:
     @router.post("/v1/completions", response_model=None)
     async def create_completion(request: CompletionRequest,
                                 http: Request) -> CompletionResponse | StreamingResponse:
-        completions = CompletionService(models.get(request.model, http))
-        prompt_ids, params = completions.prepare(request)
-        leave = completions.model.admission.enter(completions.model.model_name)
-        if request.stream:
-            return _event_stream(completions.stream(request, prompt_ids, params, leave))
-        return await completions.complete(request, prompt_ids, params, leave)
+        return await respond(CompletionService(models.get(request.model, http)), request)
 
     return router
 
 
-def build_gateway(engine: Engine, tokenizer: PreTrainedTokenizerBase, *, model_name: str,
-                  max_new_tokens: int, limits: Limits | None = None) -> FastAPI:
-    """The API app over one engine."""
-    return build_models_gateway([ServedModel(model_name, engine, tokenizer)], max_new_tokens=max_new_tokens,
-                                limits=limits)
-
-
-def build_models_gateway(served: Sequence[ServedModel], *, max_new_tokens: int,
+def build_gateway(served: Sequence[ServedModel], *, max_new_tokens: int,
                          limits: Limits | None = None) -> FastAPI:
     """The API app over several models, routed by each request's `model`. `max_new_tokens` is the
     completion budget of a request that sets none (capped by what is left of the context window)."""

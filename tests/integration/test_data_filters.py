@@ -1,13 +1,16 @@
 """The cleaning step on a real local Ray: boilerplate lines counted across documents and removed,
-language and quality rules, the PII scrub, and the streamed report's counts and examples."""
+language and quality rules, the quality classifier trained from examples, the PII scrub, and the
+streamed report's counts and examples."""
 
 import json
+import random
 
 import pyarrow.parquet as pq
 import pytest
 
-from solo import data
-from solo.config import BoilerplateConfig, DataConfig, DedupConfig, FilterConfig, InputSpec
+from solo import data, quality_classifier
+from solo.config import REPO_ROOT, BoilerplateConfig, DataConfig, DedupConfig, FilterConfig, InputSpec, \
+    QualityClassifierConfig
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +30,31 @@ def page(topic: str) -> str:
     ])
 
 
+def spam(rng: random.Random) -> str:
+    """Sentence-shaped advertising (tests/unit/test_quality_classifier.py has the longer story)."""
+    products = ["replica watches", "diet pills", "casino bonuses", "detox teas", "payday loans", "vpn accounts"]
+    claims = ["at the lowest price on the web", "with free shipping to your door", "and save up to 50% today",
+              "with a money back guarantee", "and get a bonus gift with every order", "that the experts love"]
+    return " ".join(f"{rng.choice(['Buy', 'Order', 'Get'])} {rng.choice(products)} {rng.choice(claims)}!"
+                    for _ in range(rng.randint(10, 16)))
+
+
+# Passes every rule (stop words, sentences, no repeated n-grams), not the classifier.
+SPAM_PAGE = ("Buy replica watches at the lowest price on the web! Order diet pills with free shipping to your door. "
+             "Get casino bonuses and save up to 50% today! Grab detox teas with a money back guarantee. Shop for "
+             "payday loans that the experts love! Find vpn accounts and get a bonus gift with every order. Try "
+             "crypto signals before this offer of the week ends! Join thousands of happy customers now.")
+
+
+def classifier_examples(folder) -> QualityClassifierConfig:
+    """Real C4 pages to keep, generated spam to drop."""
+    c4 = (REPO_ROOT.parent / "shared" / "data" / "webtext" / "c4_en_train_first1000.jsonl").read_text().splitlines()
+    (folder / "good.jsonl").write_text("\n".join(c4[:150]) + "\n")
+    rng = random.Random(0)
+    (folder / "spam.jsonl").write_text("".join(json.dumps({"text": spam(rng)}) + "\n" for _ in range(150)))
+    return QualityClassifierConfig(positives=str(folder / "good.jsonl"), negatives=str(folder / "spam.jsonl"))
+
+
 def test_boilerplate_language_quality_and_pii_end_to_end(ray_local, tmp_path):
     rows = [{"id": f"web-{t}", "text": page(t)} for t in TOPICS]
     rows[0]["text"] += "\nWrite to the group at friends@example.org or call (555) 123-4567 for a visit."
@@ -35,10 +63,12 @@ def test_boilerplate_language_quality_and_pii_end_to_end(ray_local, tmp_path):
         "Bauern kamen mit ihren Tieren in das Tal und bauten die ersten Häuser aus Stein und Holz. " * 3)})
     rows.append({"id": "web-menu", "text": "\n".join(["Click here to read more about all of the products and the "
                                                        "services that we have for you today."] * 20)})
+    rows.append({"id": "web-spam", "text": SPAM_PAGE})
     source = tmp_path / "web.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = DataConfig(inputs=[InputSpec(path=str(source), domain="web")], dedup=DedupConfig(near=False),
-                        filters=FilterConfig(boilerplate=BoilerplateConfig(min_documents=10)))
+                        filters=FilterConfig(boilerplate=BoilerplateConfig(min_documents=10),
+                                             classifier=classifier_examples(tmp_path)))
 
     data.prepare(config, tmp_path / "out")
 
@@ -50,8 +80,13 @@ def test_boilerplate_language_quality_and_pii_end_to_end(ray_local, tmp_path):
     assert "friends@example.org" not in kept["web-river"]
     assert dropped["web-german"] == "lang:de"
     assert dropped["web-menu"] == "gopher_repetition:dup_line_frac"
+    assert dropped["web-spam"] == "quality_classifier"
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["cleaning"] == {"boilerplate_lines": 2 * len(TOPICS), "pii_email": 1, "pii_ip": 0, "pii_phone": 1}
     assert report["dropped_by_reason"]["lang:de"] == 1 and report["read"] == len(rows)
     assert all(len(shown) <= data.EXAMPLES_PER_RULE for shown in report["examples"].values())
     assert "Boilerplate lines removed: 24" in (tmp_path / "out" / "report.md").read_text()
+    assert report["dropped_by_reason"]["quality_classifier"] == 1
+    assert report["quality_classifier"]["held_out_accuracy"] == 1.0 and report["quality_classifier"]["held_out"] == 30
+    assert (tmp_path / "out" / quality_classifier.MODEL_FILE).is_file()
+    assert "Quality classifier: trained on 270" in (tmp_path / "out" / "report.md").read_text()

@@ -3,18 +3,12 @@ Ray Train workers cannot share a node. Both write their ZeRO-3 shards into check
 both nodes see (a tmp folder), and the run ends at its last step with a Hugging Face export.
 Real parts: `ray.cluster_utils.Cluster` (a head and an added node), Ray Train, DeepSpeed ZeRO-3."""
 
-from pathlib import Path
-
 import pytest
 
-from solo import corpus
-from solo import tokenizer as tok
 from solo.config import TrainConfig
 from solo.runtime import worker_env
-from solo.tokens import ShardWriter, is_validation, pack, token_dtype
 
 pytestmark = pytest.mark.integration
-SEQ_LEN = 64
 
 
 @pytest.fixture
@@ -35,29 +29,13 @@ def two_nodes():
         cluster.shutdown()
 
 
-def token_shards(folder: Path) -> Path:
-    """Token shards of 60 embedded documents with a 512-token BPE, split by document as tokenize does."""
-    documents = list(corpus.documents(max_documents=60))
-    tokenizer = tok.train_bpe((d["text"] for d in documents), vocab_size=512, min_frequency=2)
-    tokenizer.save_pretrained(str(folder / "tokenizer"))
-    for split in ("train", "val"):
-        members = [d for d in documents if is_validation(d["id"], 0.1) == (split == "val")]
-        encoded = [tokenizer(d["text"], add_special_tokens=False)["input_ids"] for d in members]
-        rows, _ = pack(encoded, tokenizer.eos_token_id, SEQ_LEN, token_dtype(len(tokenizer)))
-        writer = ShardWriter(folder / "tokens" / split, SEQ_LEN, token_dtype(len(tokenizer)), rows_per_shard=256)
-        for row in rows:
-            writer.add(row)
-        writer.close()
-    return folder
-
-
-def test_training_spreads_over_two_nodes_and_checkpoints_to_shared_storage(two_nodes, tmp_path):
+def test_training_spreads_over_two_nodes_and_checkpoints_to_shared_storage(two_nodes, tiny_tokens, tmp_path):
     import ray
     from ray.util.state import list_actors
 
     from solo.train import TrainJob, run_training
 
-    data = token_shards(tmp_path / "data")
+    data = tiny_tokens
     config = TrainConfig(model="demo", workers=2, micro_batch=2, global_batch=4, max_steps=4, log_every=1,
                          eval_every=4, eval_batches=1, checkpoint_every=2, keep_checkpoints=2, device="cpu")
     output = tmp_path / "pretrain"

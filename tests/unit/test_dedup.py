@@ -10,7 +10,8 @@ import numpy as np
 from solo.config import REPO_ROOT, DecontamConfig, DedupConfig, EvalSetSpec, MixingConfig
 from solo.decontam import build_index, mark_contaminated
 from solo.mixing import apply, draw, plan
-from solo.neardedup import jaccard, near_duplicates_in_memory, shingles, verify
+from solo.neardedup import (jaccard, near_duplicates_in_memory, shared_words, shingle_sequence, shingles, similarity,
+                             verify)
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -39,6 +40,18 @@ def edited(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+def span_edited(text: str, rng: random.Random, rate: float) -> str:
+    """`rate` of the words replaced by other words, in spans of 3-6 (a few phrases rewritten)."""
+    words = text.split()
+    budget = round(rate * len(words))
+    while budget > 0:
+        span = min(budget, rng.randint(3, 6))
+        at = rng.randrange(len(words) - span)
+        words[at:at + span] = [f"edit{rng.randrange(10**6)}" for _ in range(span)]
+        budget -= span
+    return " ".join(words)
+
+
 def test_near_duplicates_found_and_survivor_is_the_smallest_id_whatever_the_order():
     rng = random.Random(0)
     originals = c4_documents(12, min_words=400)
@@ -62,6 +75,36 @@ def test_templated_pages_collide_in_lsh_but_are_not_merged():
     found = near_duplicates_in_memory(pages, DedupConfig())
     assert found.candidate_pairs > 0  # LSH alone would have merged these
     assert found.duplicate_of == {}
+    shared = [shared_words(shingle_sequence(pages[0][1], 5), shingle_sequence(page, 5), 5) for _, page in pages[1:]]
+    assert max(shared) < DedupConfig().similarity_threshold()
+    assert near_duplicates_in_memory(pages, DedupConfig(similarity="jaccard")).duplicate_of == {}
+
+
+def test_shared_words_forgives_edited_spans_that_jaccard_punishes():
+    rng = random.Random(3)
+    original = c4_documents(1, min_words=400)[0]
+    copy = span_edited(original, rng, 0.12)
+    a, b = shingle_sequence(original, 5), shingle_sequence(copy, 5)
+    assert jaccard(np.unique(a), np.unique(b)) < 0.7  # each 3-6 word span breaks 7-10 shingles
+    assert 0.86 < shared_words(a, b, 5) < 0.9        # but only its own words
+    assert shared_words(a, a, 5) == 1.0
+    assert shared_words(a, shingle_sequence(c4_documents(2, min_words=400)[1], 5), 5) < 0.05
+    assert near_duplicates_in_memory([("x", original), ("y", copy)], DedupConfig()).duplicate_of == {"y": "x"}
+    assert near_duplicates_in_memory([("x", original), ("y", copy)],
+                                     DedupConfig(similarity="jaccard")).duplicate_of == {}
+
+
+def test_half_band_probes_propose_pairs_that_whole_bands_miss():
+    rng = random.Random(5)
+    originals = c4_documents(12, min_words=300)
+    docs = [(f"o{i:02d}", t) for i, t in enumerate(originals)] + \
+           [(f"p{i:02d}", span_edited(t, rng, 0.09)) for i, t in enumerate(originals)]
+    expected = {f"p{i:02d}": f"o{i:02d}" for i in range(12)}
+    probed = near_duplicates_in_memory(docs, DedupConfig())
+    assert probed.duplicate_of == expected
+    whole_bands = near_duplicates_in_memory(docs, DedupConfig(probe_half_bands=False))
+    assert whole_bands.candidate_pairs < probed.candidate_pairs
+    assert set(whole_bands.duplicate_of.items()) < set(expected.items())  # some found, not all
 
 
 def test_decontamination_drops_a_page_quoting_a_gsm8k_question():
@@ -102,7 +145,7 @@ def test_verification_holds_only_a_chunk_of_shingle_sets_at_once():
     originals = c4_documents(6, min_words=400)
     docs = sorted([(f"o{i}", t) for i, t in enumerate(originals)] +
                   [(f"e{i}", edited(t, rng)) for i, t in enumerate(originals)])
-    sets = [shingles(t, 5) for _, t in docs]
+    sets = [shingle_sequence(t, 5) for _, t in docs]
     pairs = np.array([(i, j) for i in range(len(docs)) for j in range(i + 1, len(docs))])
     sizes = np.array([s.size for s in sets])
     loaded = []
@@ -112,7 +155,8 @@ def test_verification_holds_only_a_chunk_of_shingle_sets_at_once():
         return {r: sets[r] for r in rows}
 
     budget = 8 * int(sizes.max()) * 3
-    kept = verify(pairs, sizes, 0.7, budget, load)
+    measure = similarity(DedupConfig())
+    kept = verify(pairs, sizes, 0.85, budget, load, measure)
     assert len(loaded) > 1 and max(loaded) <= budget + 2 * 8 * sizes.max()  # one pair over the budget at most
-    assert sorted(map(tuple, kept)) == sorted(map(tuple, verify(pairs, sizes, 0.7, 1 << 30, load)))
+    assert sorted(map(tuple, kept)) == sorted(map(tuple, verify(pairs, sizes, 0.85, 1 << 30, load, measure)))
     assert len(kept) == 6

@@ -3,7 +3,6 @@ base on CPU), without Ray: the checkpoint sink here keeps checkpoints in a folde
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,43 +10,12 @@ import torch
 
 from solo.config import FinetuneConfig, checkout_root, load_config
 from solo.runtime import worker_env
-from solo.train import CheckpointSink, TrainJob, deepspeed_config, train_worker
+from solo.train import TrainJob, deepspeed_config, train_worker
 
 for key, value in worker_env().items():
     os.environ.setdefault(key, value)
 
 ALPACA = (checkout_root() / "../shared/data/alpaca/alpaca_5000.json").resolve()
-
-
-class FolderSink(CheckpointSink):
-    """Each checkpoint in a folder of its own, like Ray Train's; `resume_from` plays a restarted worker."""
-
-    def __init__(self, root: Path, resume_from: Path | None = None):
-        self.root, self.resume_from = root, resume_from
-
-    def latest(self):
-        return self.resume_from
-
-    def save(self, engine, step, client_state, metrics, exclude_frozen=False):
-        engine.save_checkpoint(str(self.root / f"step_{step}"), tag=f"step_{step:08d}", client_state=client_state,
-                               exclude_frozen_parameters=exclude_frozen)
-
-    def report(self, metrics):
-        pass
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    import deepspeed
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-    yield
-    dist.destroy_process_group()
 
 
 def alpaca_rows(tokenizer_dir: Path, config: FinetuneConfig, folder: Path) -> Path:
@@ -65,7 +33,7 @@ def test_adapters_train_without_zero3_partitioning():
     assert ds["zero_optimization"] == {"stage": 0} and ds["optimizer"]["params"]["torch_adam"]
 
 
-def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_dir, process_group):
+def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_dir, gloo_group, picked_sink):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -81,7 +49,7 @@ def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_d
                         tokenizer_dir=str(tiny_model_dir), output_dir=str(output), init_model_dir=str(tiny_model_dir))
 
     straight = tmp_path / "straight"
-    metrics = train_worker(job(straight), FolderSink(tmp_path / "ckpt"))
+    metrics = train_worker(job(straight), picked_sink(tmp_path / "ckpt"))
     assert metrics["step"] == 3 and metrics["host_peak_gb"] > 0
     adapter = straight / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
@@ -93,7 +61,7 @@ def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_d
 
     # A worker restarted from the step-1 checkpoint ends with the same adapters as the straight run.
     resumed = tmp_path / "resumed"
-    train_worker(job(resumed), FolderSink(tmp_path / "ckpt2", resume_from=tmp_path / "ckpt" / "step_1"))
+    train_worker(job(resumed), picked_sink(tmp_path / "ckpt2", resume_from=tmp_path / "ckpt" / "step_1"))
     from safetensors.torch import load_file
 
     a, b = load_file(adapter / "adapter_model.safetensors"), load_file(resumed / "adapter" / "adapter_model.safetensors")

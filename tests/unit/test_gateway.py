@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solo.serving.engine import Delta, Engine, SamplingParams
-from solo.serving.gateway import TextStream, build_gateway
+from solo.serving.gateway import ServedModel, TextStream, build_gateway
 from solo.tokenizer import END_OF_TURN, load, render_chat, stop_token_ids
 
 MODEL = "tiny"
@@ -60,7 +60,7 @@ def answer_ids(tokenizer) -> list[int]:
 
 
 def client_for(engine: Engine, tokenizer, max_new_tokens: int = 64) -> TestClient:
-    return TestClient(build_gateway(engine, tokenizer, model_name=MODEL, max_new_tokens=max_new_tokens),
+    return TestClient(build_gateway([ServedModel(MODEL, engine, tokenizer)], max_new_tokens=max_new_tokens),
                       raise_server_exceptions=False)
 
 

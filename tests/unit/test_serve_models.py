@@ -19,7 +19,7 @@ from solo.cli import parser, serve_config
 from solo.config import ServeConfig, ServedModelConfig
 from solo.errors import SoloError
 from solo.serving import plan as planning
-from solo.serving.gateway import ServedModel, build_models_gateway
+from solo.serving.gateway import ServedModel, build_gateway
 from solo.serving.plan import deployment_options, pick_engine, plan_models, replica_cpus_needed
 from solo.serving.run import check_resources
 from solo.serving.vllm_engine import max_lora_rank, to_delta
@@ -187,7 +187,7 @@ def tokenizer(tiny_model_dir):
 def test_the_gateway_routes_by_model_and_lists_adapters_with_their_parent(tokenizer):
     scripts = {name: FakeEngine(tokenizer.encode(text, add_special_tokens=False))
                for name, text in [("a", " from a"), ("b", " from b"), ("a-lora", " from the adapter")]}
-    app = build_models_gateway([ServedModel("a", scripts["a"], tokenizer), ServedModel("b", scripts["b"], tokenizer),
+    app = build_gateway([ServedModel("a", scripts["a"], tokenizer), ServedModel("b", scripts["b"], tokenizer),
                                 ServedModel("a-lora", scripts["a-lora"], tokenizer, parent="a")], max_new_tokens=8)
     client = TestClient(app, raise_server_exceptions=False)
     cards = client.get("/v1/models").json()["data"]
@@ -207,7 +207,7 @@ def test_the_gateway_routes_by_model_and_lists_adapters_with_their_parent(tokeni
     assert 'solo_requests_total{endpoint="/v1/chat/completions",model="",status="404"} 1.0' in metrics
     assert 'solo_num_requests_waiting{model="a-lora"}' not in metrics, "an adapter runs on its base's engine"
     with pytest.raises(ValueError, match="distinct names"):
-        build_models_gateway([ServedModel("a", scripts["a"], tokenizer)] * 2, max_new_tokens=8)
+        build_gateway([ServedModel("a", scripts["a"], tokenizer)] * 2, max_new_tokens=8)
 
 
 # ---------------------------------------------------------------- adapters on the CPU engine

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solo.serving.engine import TokenLogprob
-from solo.serving.gateway import build_gateway
+from solo.serving.gateway import ServedModel, build_gateway
 from solo.serving.security import Limits, RateLimiter, digest, read_key_digests
 from solo.serving.tools import ToolCallStream
 from solo.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -32,7 +32,7 @@ def tokenizer(tiny_model_dir):
 
 
 def gateway(engine, tokenizer, **limits) -> TestClient:
-    app = build_gateway(engine, tokenizer, model_name=MODEL, max_new_tokens=64, limits=Limits(**limits))
+    app = build_gateway([ServedModel(MODEL, engine, tokenizer)], max_new_tokens=64, limits=Limits(**limits))
     return TestClient(app, raise_server_exceptions=False)
 
 

@@ -5,7 +5,8 @@ from transformers import LlamaForCausalLM
 from solo.config import TrainConfig, load_config
 from solo.model import PRESETS, flops_per_token, llama_config, parameter_count
 from solo.errors import SoloError
-from solo.train import check_same_workers, checkpoint_due, deepspeed_config, learning_rate
+from solo.train import (checkpoint_due, checkpoint_workers, convert_for_worker_count, deepspeed_config,
+                        learning_rate, newest_checkpoint, resumes_universal)
 
 
 def test_deepspeed_config_is_generated_from_ours():
@@ -67,12 +68,54 @@ def test_checkpoint_every_minutes_must_be_positive():
         load_config(TrainConfig, None, ["checkpoint_every_minutes=0"])
 
 
-def test_resuming_a_zero_checkpoint_on_another_worker_count_fails_clearly(tmp_path):
-    tag = tmp_path / "step_00000004"
-    tag.mkdir()
-    (tmp_path / "latest").write_text("step_00000004")
+@pytest.mark.parametrize("under", ["checkpoints", "ray/train/checkpoint_2026-01-01_00-00-00.000000"])
+def test_a_checkpoint_from_another_worker_count_resumes_only_through_its_universal_form(tmp_path, under):
+    folder = tmp_path / under
+    (folder / "step_00000004").mkdir(parents=True)
+    (folder / "latest").write_text("step_00000004")
     for rank in range(2):
-        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
-    check_same_workers(tmp_path, 2)
-    with pytest.raises(SoloError, match="written by 2 workers but this run has 1"):
-        check_same_workers(tmp_path, 1)
+        (folder / "step_00000004" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert newest_checkpoint(tmp_path) == folder
+    assert checkpoint_workers(folder) == 2
+    assert not resumes_universal(folder, 2)
+    with pytest.raises(SoloError, match="written by 2 workers and has no universal form.*--set workers=2"):
+        resumes_universal(folder, 1)
+    (folder / "universal").mkdir()
+    (folder / "universal" / "latest_universal").write_text("step_00000004")
+    assert resumes_universal(folder, 1)
+    # Already converted: the driver leaves it as it is (a real conversion runs in test_launcher.py).
+    convert_for_worker_count(tmp_path, load_config(TrainConfig, None, ["workers=1"]))
+    assert (folder / "universal" / "latest_universal").read_text() == "step_00000004"
+
+
+def test_the_worker_count_does_not_change_the_stage_fingerprint():
+    two, one = (load_config(TrainConfig, None, [f"workers={w}", "micro_batch=2", "global_batch=8"]) for w in (2, 1))
+    assert two.fingerprint() == one.fingerprint()
+    assert two.fingerprint() != load_config(TrainConfig, None, ["workers=2", "micro_batch=4", "global_batch=8"]).fingerprint()
+
+
+def test_nvme_offload_generates_deepspeed_nvme_sections(tmp_path):
+    config = load_config(TrainConfig, None, ["strategy.offload_optimizer=nvme", "strategy.offload_params=nvme",
+                                             f"strategy.nvme_path={tmp_path}"])
+    zero = deepspeed_config(config, workers=2)["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": False}
+    assert zero["offload_param"] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": False}
+    assert deepspeed_config(config, workers=2)["aio"]["block_size"] == 1048576
+    assert "aio" not in deepspeed_config(load_config(TrainConfig, None, []), workers=2)
+
+
+@pytest.mark.parametrize("path, error", [(None, "needs nvme_path"), ("missing", "not a writable folder"),
+                                         ("a-file", "not a writable folder")])
+def test_nvme_offload_needs_a_writable_folder(tmp_path, path, error):
+    (tmp_path / "a-file").write_text("")
+    overrides = ["strategy.offload_optimizer=nvme"] + ([f"strategy.nvme_path={tmp_path / path}"] if path else [])
+    with pytest.raises(SoloError, match=error):
+        load_config(TrainConfig, None, overrides)
+
+
+def test_the_launchers_process_count_must_match_workers(monkeypatch):
+    from solo.train import start_launched
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SoloError, match="launcher started 2 processes but the config says workers: 1.*--set workers=2"):
+        start_launched(load_config(TrainConfig, None, ["workers=1", "micro_batch=2", "global_batch=4"]))
