@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/solo demo
 
 # DeepSpeed's CPU Adam and async I/O (NVMe offload) ops, compiled once per machine (minutes) into
-# ~/.cache/solo/torch_extensions, here rather than inside the first test that loads them.
+# ~/.cache/solo/torch_extensions/<python>-<environment>, here rather than inside the first test that loads them.
 ops: install
 	$(BIN)/python -c "from solo.runtime import build_deepspeed_ops; build_deepspeed_ops()"
 

@@ -74,7 +74,8 @@ def measure(method: str, args) -> dict:
 
     from solo.sft import build_sft_rows
     from solo.tokenizer import load
-    from solo.train import CheckpointSink, TrainJob, train_worker
+    from solo.checkpoints import CheckpointSink
+    from solo.train import TrainJob, train_worker
 
     cuda = args.device == "cuda"
     join_one_process_group(cuda)

@@ -44,7 +44,8 @@ def one_run(args, engine: str, preset: str, work: Path) -> dict:
     import torch
 
     from solo.config import TrainConfig, load_config
-    from solo.train import CheckpointSink, TrainJob, train_worker
+    from solo.checkpoints import CheckpointSink
+    from solo.train import TrainJob, train_worker
 
     cuda = torch.cuda.is_available()
     if cuda and args.device_memory_gb:

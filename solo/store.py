@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,8 +34,14 @@ def solo_home() -> Path:
 
 
 def torch_extensions_dir() -> Path:
+    """Where DeepSpeed's compiled ops are cached: one folder per Python environment, since an op is
+    built against that environment's torch and ninja rebuilds it when the paths change, so two
+    checkouts (or CI's fresh virtualenv beside yours) would otherwise keep rebuilding each other's."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cache / "solo" / "torch_extensions")
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
+    return cache / "solo" / "torch_extensions" / f"py{sys.version_info.major}{sys.version_info.minor}-{environment}"
 
 
 class Restart(BaseModel):
@@ -151,7 +158,6 @@ def find_adapter(name: str) -> tuple[Path, AdapterManifest]:
         known = sorted(p.name for p in adapters_dir().glob("*") if (p / ADAPTER_MANIFEST).is_file())
         raise SoloError(f"no adapter named {name!r} in {adapters_dir()} (registered: {', '.join(known) or 'none'})")
     return folder, AdapterManifest.model_validate_json((folder / ADAPTER_MANIFEST).read_text())
-
 
 
 def partial_folder(final: Path) -> Path:

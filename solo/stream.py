@@ -26,7 +26,7 @@ full state, so rank 0 alone writes. Resuming a stream checkpoint is exact. A str
 from a DeepSpeed checkpoint (any ZeRO stage, any worker count; ZeRO shards are consolidated with
 deepspeed.utils.zero_to_fp32): the weights, the step, the loader position and the RNG state carry
 over, and from ZeRO-1/2/3 Adam's moments too (a ZeRO-0 checkpoint's moments restart at zero). The
-other way, a DeepSpeed run from a stream checkpoint, is refused (`solo.train.check_resumable`).
+other way, a DeepSpeed run from a stream checkpoint, is refused (`solo.checkpoints.check_resumable`).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def gloo_group():
 
 class PickedCheckpointSink:
     """Each checkpoint in a folder of its own, like Ray Train's; `resume_from` plays a restarted
-    worker handed that checkpoint. (`solo.train.FolderSink` always resumes from the newest.)"""
+    worker handed that checkpoint. (`solo.checkpoints.FolderSink` always resumes from the newest.)"""
 
     def __init__(self, root: Path, resume_from: Path | None = None):
         self.root, self.resume_from = root, resume_from

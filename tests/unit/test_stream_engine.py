@@ -17,7 +17,8 @@ for key, value in worker_env().items():
 
 from solo.config import FinetuneConfig, TrainConfig, load_config  # noqa: E402
 from solo.errors import SoloError  # noqa: E402
-from solo.train import TrainJob, check_resumable, train_worker  # noqa: E402
+from solo.checkpoints import check_resumable  # noqa: E402
+from solo.train import TrainJob, train_worker  # noqa: E402
 
 
 def test_gradients_equal_a_plain_pytorch_backward():

@@ -2,11 +2,11 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from solo.checkpoints import checkpoint_workers, convert_for_worker_count, newest_checkpoint, resumes_universal
 from solo.config import TrainConfig, load_config
-from solo.model import PRESETS, flops_per_token, llama_config, parameter_count
 from solo.errors import SoloError
-from solo.train import (checkpoint_due, checkpoint_workers, convert_for_worker_count, deepspeed_config,
-                        learning_rate, newest_checkpoint, resumes_universal)
+from solo.model import PRESETS, flops_per_token, llama_config, parameter_count
+from solo.train import checkpoint_due, deepspeed_config, learning_rate
 
 
 def test_deepspeed_config_is_generated_from_ours():
