@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.record import DATA as SHARED_DATA, RESULTS, record
+from benchmarks.record import Conditions, DATA as SHARED_DATA, RESULTS, ran_on, record
 from solo import quality
 from solo.config import DataConfig, FilterConfig, InputSpec
 
@@ -136,14 +134,13 @@ def main() -> None:
     args = parser.parse_args()
 
     docs = documents()
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
     agreed = agreement(docs)
     texts = [text for _, text in docs]
     speed = {"datatrove": throughput(texts, _chain_datatrove), "solo": throughput(texts, _chain_solo)}
     ratio = speed["solo"]["docs_per_s"] / speed["datatrove"]["docs_per_s"]
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        **conditions.end(),
         "documents": len(docs), "agreement": agreed, "throughput": speed,
         "speed_ratio": round(ratio, 2), "speed_goal": ">= 1.0",
     }
@@ -163,8 +160,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     lines = [
         "# Quality filters: solo against datatrove", "",
-        "`.venv/bin/python -m benchmarks.data_filters_agreement --cc-report` on " + r["machine"] + " (load average "
-        f"{r['load_average'][0]} before, {r['load_average'][1]} after: other engineers' jobs shared these cores).", "",
+        ran_on(r), "",
         f"{r['documents']:,} real pages: the Dolma Common Crawl shard, the first 1,000 C4 pages and 300 FineWeb pages. "
         "Each family judged every page on its own, with FineWeb's settings (datatrove 0.10.1's defaults; C4's "
         "terminal-punctuation rule off). datatrove splits words with spaCy's blank English tokenizer; solo with its "

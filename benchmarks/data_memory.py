@@ -18,7 +18,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.record import DATA as SHARED_DATA, record
+from benchmarks.record import Conditions, DATA as SHARED_DATA, ran_on, record
 from solo.config import REPO_ROOT
 
 DATA = SHARED_DATA / "webtext"
@@ -94,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = pages()
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
     runs = {}
     with tempfile.TemporaryDirectory(prefix="solo-data-memory-") as tmp:
         work = Path(tmp)
@@ -105,9 +104,7 @@ def main() -> None:
             print(f"{name}: {runs[name]}")
     small, big = runs["x1"], runs[f"x{args.copies}"]
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs, "
-                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        **conditions.end(),
         "copies": args.copies, "runs": runs,
         "peak_tree_ratio": round(big["peak_tree_mb"] / small["peak_tree_mb"], 2),
         "peak_driver_ratio": round(big["peak_driver_mb"] / small["peak_driver_mb"], 2),
@@ -120,8 +117,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     lines = [
         "# Data stage memory: one corpus, and the same corpus ten times over", "",
-        "`.venv/bin/python -m benchmarks.data_memory` on " + r["machine"] + f" (load average {r['load_average'][0]} "
-        f"before, {r['load_average'][1]} after: other engineers' jobs shared the machine).", "",
+        ran_on(r), "",
         "`python -m jobs.prepare_data --input corpus.jsonl --output …` with the default data config (every filter, "
         "PII, boilerplate, exact and near dedup) on a private local Ray; the RSS of every process of the job's tree "
         "(driver, raylet, GCS, Ray Data workers) summed and sampled every 0.2 s.", "",

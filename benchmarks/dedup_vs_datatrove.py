@@ -24,8 +24,6 @@ import argparse
 import gzip
 import itertools
 import json
-import os
-import platform
 import random
 import shutil
 import tempfile
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.record import DATA, record
+from benchmarks.record import Conditions, DATA, ran_on, record
 from solo.config import DataConfig, DedupConfig, default_config_path, load_config
 from solo.neardedup import jaccard, near_duplicates_in_memory, shingles
 
@@ -229,7 +227,7 @@ def main() -> None:
         (corpus / f"part{part}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs[part::2]))
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
     solo_s, dt_s = [], []
     try:
         for r in range(args.repeats):  # alternate, so a slow spell of the shared machine hits both
@@ -246,8 +244,7 @@ def main() -> None:
 
     dedup = load_config(DataConfig, default_config_path("data", "dedup-only")).dedup
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        **conditions.end(),
         "corpus": {"documents": len(docs), "bytes": sum(len(d["text"].encode()) for d in docs),
                    "planted_pairs": len(truth), "templated_negative_pairs": len(negative_j),
                    "planted_jaccard": _quantiles(planted_j), "negative_jaccard": _quantiles(negative_j),
@@ -295,8 +292,7 @@ def markdown(r: dict) -> str:
     c = r["corpus"]
     return "\n".join([
         "# Near-dedup: solo against datatrove's MinHash pipeline", "",
-        "`.venv/bin/python -m benchmarks.dedup_vs_datatrove` on " + r["machine"] + f" (load average "
-        f"{r['load_average'][0]} before, {r['load_average'][1]} after: other work shared these cores).", "",
+        ran_on(r), "",
         f"Corpus: {c['documents']:,} documents ({c['bytes'] / 1e6:.1f} MB) of real web pages with "
         f"{c['planted_pairs']} planted near-duplicate pairs (5-15% of the words edited in spans; shingle "
         f"Jaccard median {c['planted_jaccard']['median']}, {c['planted_pairs_jaccard_at_least_0.8']:.0%} of them "

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.record import record
+from benchmarks.record import Conditions, ran_on, record
 from solo.config import EvalConfig
 from solo.evals import suite, tasks
 
@@ -57,6 +55,7 @@ def main() -> None:
         model, tokenizer = load_model(args.model or untrained_demo_model(Path(scratch)))
     root = EvalConfig().data_path()
     workloads = {"mmlu 5-shot": tasks.mmlu(root, shots=5), "arc_challenge 0-shot": tasks.arc_challenge(root, shots=0)}
+    conditions = Conditions()
     rows = []
     for name, questions in workloads.items():
         sample = tasks.sample(questions, args.questions, seed=0)
@@ -67,11 +66,10 @@ def main() -> None:
         print(json.dumps(rows[-1]))
     result = {"benchmark": "eval_throughput", "model": str(args.model or "untrained demo Llama"),
               "parameters": model.num_parameters(), "window": model.config.max_position_embeddings,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                         f"{torch.get_num_threads()} threads", "load_average_at_end": os.getloadavg()[0], "rows": rows}
-    lines = ["# Multiple-choice scoring throughput", "", f"{result['model']} ({result['parameters']:,} parameters, "
-             f"{result['window']}-token window) on {result['machine']}; load average {result['load_average_at_end']:.1f} "
-             "at the end (other work shared the machine).", "",
+              "torch": f"{torch.__version__}, {torch.get_num_threads()} threads", **conditions.end(), "rows": rows}
+    lines = ["# Multiple-choice scoring throughput", "", ran_on(result), "",
+             f"{result['model']} ({result['parameters']:,} parameters, {result['window']}-token window), torch "
+             f"{result['torch']}.", "",
              "| task | questions | one at a time (q/s) | batched (q/s) | batch | speed-up | accuracy (both) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['task']} | {r['questions']} | {r['one_at_a_time']['questions_per_s']} | "

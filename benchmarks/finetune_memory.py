@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.record import DATA, record
+from benchmarks.record import Conditions, DATA, ran_on, record
 
 METHODS = ("sft", "lora", "qlora")
 
@@ -117,7 +116,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(args.one, args)), flush=True)
         return
 
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
     with tempfile.TemporaryDirectory(prefix="solo-ft-memory-") as work:
         make_model(Path(work) / "model", args.preset, args.seq_len)
         from solo.model import parameter_count
@@ -139,8 +138,7 @@ def main() -> None:
             print(f"{method}: {runs[method]}", flush=True)
     key = "gpu_peak_gb" if args.device == "cuda" else "peak_rss_gb"
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        **conditions.end(),
         "preset": args.preset, "parameters": parameters, "steps": args.steps, "micro_batch": args.micro_batch,
         "seq_len": args.seq_len, "device": args.device, "activation_checkpointing": args.activation_checkpointing,
         "peak_key": key, "runs": runs,
@@ -159,9 +157,7 @@ def markdown(r: dict) -> str:
     unit = "peak GPU memory (GB, CUDA max allocated)" if key == "gpu_peak_gb" else "peak RSS (GB)"
     lines = [
         "# Fine-tuning memory: full SFT, LoRA and QLoRA", "",
-        "`.venv/bin/python -m benchmarks.finetune_memory` on " + r["machine"] + f" (load average {r['load_average'][0]} "
-        f"before, {r['load_average'][1]} after: other engineers' work shared these cores, which moves the "
-        "seconds, not the memory).", "",
+        ran_on(r) + " Load moves the seconds, not the memory.", "",
         f"The `{r['preset']}` preset, untrained ({r['parameters'] / 1e6:.1f}M parameters), {r['steps']} steps of "
         f"micro-batch {r['micro_batch']} × {r['seq_len']} tokens of packed Alpaca conversations, on {r['device']}; each "
         "method in its own process, through solo's own training loop. SFT as `method: sft` runs by default "

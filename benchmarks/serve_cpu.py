@@ -1,8 +1,8 @@
 """CPU serving throughput: the batching engine at 1, 4, 16 and 64 concurrent clients, and what the
 HTTP gateway (Ray Serve + the OpenAI layer, driven by the official client) costs on top.
 
-    .venv/bin/python benchmarks/serve_cpu.py                 # a random `demo` Llama, built here
-    .venv/bin/python benchmarks/serve_cpu.py --model PATH    # any exported HF folder
+    .venv/bin/python -m benchmarks.serve_cpu                  # random `demo` and `125m` Llamas, built here
+    .venv/bin/python -m benchmarks.serve_cpu --model PATH     # any exported HF folder
 
 Every request is the same chat prompt decoded greedily, so the engine and the served app produce
 the same tokens and their numbers compare like with like. The engine gets `--threads` cores, as a
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.record import record
+from benchmarks.record import Conditions, record
 
 QUESTION = [{"role": "user", "content": "What does json.dumps do? Explain with an example."}]
 
@@ -130,12 +130,42 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
         return asyncio.run(run_all())
 
 
+def measure(model: Path, label: str, args: argparse.Namespace) -> dict:
+    levels = [int(x) for x in args.levels.split(",")]
+    gateway_levels = [int(x) for x in args.gateway_levels.split(",") if x]
+    engine = bench_engine(model, levels, args.max_tokens, args.threads, args.rounds)
+    served = (bench_served(model, gateway_levels, args.max_tokens, args.threads, args.rounds, args.stream_interval)
+              if gateway_levels else [])
+    by_level = {r["concurrency"]: r for r in engine}
+    speedup = {c: round(by_level[c]["tokens_per_s"] / by_level[levels[0]]["tokens_per_s"], 2) for c in levels}
+    overhead = {s["concurrency"]: round(1 - s["tokens_per_s"] / by_level[s["concurrency"]]["tokens_per_s"], 3)
+                for s in served if s["concurrency"] in by_level}
+    return {"model": label, "engine": engine, "served": served, "speedup_vs_1_client": speedup,
+            "gateway_overhead_tokens_per_s": overhead}
+
+
+def table(run: dict) -> list[str]:
+    lines = [f"## {run['model']}", "",
+             "| path | clients | requests | output tok/s | × one client | TTFT p50 ms | TTFT p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in run["engine"]:
+        lines.append(f"| engine | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | "
+                     f"{run['speedup_vs_1_client'][r['concurrency']]} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
+    for r in run["served"]:
+        lines.append(f"| HTTP (Ray Serve) | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | | "
+                     f"{r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
+    overhead = run["gateway_overhead_tokens_per_s"]
+    return lines + ["", "Gateway overhead (1 − served tok/s ÷ engine tok/s): "
+                    + ", ".join(f"{c} clients {100 * o:.1f}%" for c, o in overhead.items()), ""]
+
+
 def main() -> None:
     from solo.config import ServeConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="an exported HF folder; default: a random Llama built here")
-    parser.add_argument("--preset", default="demo", help="model size when building one (solo.model.PRESETS)")
+    parser.add_argument("--model", type=Path, help="an exported HF folder; default: random Llamas built here")
+    parser.add_argument("--presets", default="demo,125m",
+                        help="model sizes to build when no --model is given (solo.model.PRESETS)")
     parser.add_argument("--levels", default="1,4,16,64", help="concurrent clients")
     parser.add_argument("--gateway-levels", default="1,16", help="levels at which to measure the served app")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -144,40 +174,39 @@ def main() -> None:
     parser.add_argument("--stream-interval", type=int, default=ServeConfig().stream_interval,
                         help="tokens per streamed message after the first (ServeConfig.stream_interval)")
     args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
-    gateway_levels = [int(x) for x in args.gateway_levels.split(",") if x]
 
+    conditions = Conditions()
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or build_model(Path(tmp), args.preset)
-        engine = bench_engine(model, levels, args.max_tokens, args.threads, args.rounds)
-        served = (bench_served(model, gateway_levels, args.max_tokens, args.threads, args.rounds, args.stream_interval)
-                  if gateway_levels else [])
+        if args.model:
+            runs.append(measure(args.model, str(args.model), args))
+        for preset in [] if args.model else args.presets.split(","):
+            model = build_model(Path(tmp) / preset, preset)
+            runs.append(measure(model, f"random {preset} ({parameter_count_of(model) / 1e6:.1f}M parameters)", args))
+    report = {**conditions.end(), "max_tokens": args.max_tokens, "threads": args.threads, "rounds": args.rounds,
+              "stream_interval": args.stream_interval, "runs": runs}
 
-    by_level = {r["concurrency"]: r for r in engine}
-    speedup = {c: round(by_level[c]["tokens_per_s"] / by_level[levels[0]]["tokens_per_s"], 2) for c in levels}
-    overhead = {s["concurrency"]: round(1 - s["tokens_per_s"] / by_level[s["concurrency"]]["tokens_per_s"], 3)
-                for s in served if s["concurrency"] in by_level}
-    report = {"model": str(args.model or f"random {args.preset}"), "max_tokens": args.max_tokens,
-              "threads": args.threads, "rounds": args.rounds, "stream_interval": args.stream_interval,
-              "engine": engine, "served": served,
-              "speedup_vs_1_client": speedup, "gateway_overhead_tokens_per_s": overhead}
-
-    lines = [f"# CPU serving: {report['model']}, {args.max_tokens} tokens a request, {args.threads} thread(s), "
-             f"stream_interval {args.stream_interval}", "",
-             "| path | clients | requests | output tok/s | × one client | TTFT p50 ms | TTFT p99 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in engine:
-        lines.append(f"| engine | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | "
-                     f"{speedup[r['concurrency']]} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
-    for r in served:
-        lines.append(f"| HTTP (Ray Serve) | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | | "
-                     f"{r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
-    lines += ["", "Gateway overhead (1 − served tok/s ÷ engine tok/s): "
-              + ", ".join(f"{c} clients {100 * o:.1f}%" for c, o in overhead.items())]
+    lines = [f"# CPU serving: {args.max_tokens} tokens a request, {args.threads} engine thread(s), "
+             f"stream_interval {args.stream_interval}", "", conditions.sentence(), ""]
+    for run in runs:
+        lines += table(run)
+    lines += ["The gateway's cost is a fixed amount of CPU per request (Ray Serve's proxy, the gateway and the "
+              "hop to the model's replica, and the client parsing SSE, all on this machine's cores), so its "
+              "share shrinks as the engine's time per request grows."]
     record("serve_cpu", report, "\n".join(lines))
     print("\n".join(lines))
-    if 16 in speedup:
-        print(f"16 clients / 1 client tokens/s: {speedup[16]}x (goal >= 4x)")
+    for run in runs:
+        if 16 in run["speedup_vs_1_client"]:
+            print(f"{run['model']}: 16 clients / 1 client tokens/s {run['speedup_vs_1_client'][16]}x (goal >= 4x), "
+                  f"gateway overhead {run['gateway_overhead_tokens_per_s']} (goal <= 0.10)")
+
+
+def parameter_count_of(folder: Path) -> int:
+    from transformers import AutoConfig
+
+    from solo.model import parameter_count
+
+    return parameter_count(AutoConfig.from_pretrained(folder))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import argparse
 import csv
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.record import DATA as SHARED_DATA, RESULTS, record
+from benchmarks.record import Conditions, DATA as SHARED_DATA, RESULTS, ran_on, record
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA / "tinyshakespeare" / "input.txt"
@@ -216,7 +215,7 @@ def main() -> None:
     split = int(len(text) * 0.9)  # nanoGPT's split: the last 10% of the characters held out
     train_text, val_text = text[:split], text[split:]
     val_bytes = len(val_text.encode())
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
 
     # The peer, on every core torch sees.
     chars = sorted(set(text))
@@ -254,8 +253,7 @@ def main() -> None:
         parameters = model.num_parameters()
 
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        **conditions.end(),
         "val_bytes": val_bytes, "val_chars": len(val_text),
         "peer": {"recipe": "nanoGPT train_shakespeare_char, CPU (README), clean-room", "iters": args.peer_iters,
                  "parameters": peer["parameters"], "torch_threads": torch.get_num_threads(),
@@ -304,8 +302,7 @@ def markdown(r: dict) -> str:
     p, s = r["peer"], r["solo"]
     lines = [
         "# Quality per compute on tinyshakespeare: solo against nanoGPT's CPU recipe", "",
-        "`.venv/bin/python -m benchmarks.shakespeare_vs_nanogpt` on " + r["machine"] + f" (load average "
-        f"{r['load_average'][0]} before, {r['load_average'][1]} after).", "",
+        ran_on(r), "",
         "Both train on the first 90% of tinyshakespeare's characters and are scored on the whole last 10% "
         f"({r['val_bytes']:,} bytes), as bits per byte. The peer is nanoGPT's CPU recipe from its README, "
         f"re-implemented in plain PyTorch in the benchmark (not copied), {p['iters']} iterations on "

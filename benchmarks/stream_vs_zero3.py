@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.record import record
+from benchmarks.record import Conditions, ran_on, record
 from benchmarks.train_overhead import build_shards
 
 ENGINES = ("zero3", "stream")
@@ -103,7 +102,7 @@ def main() -> None:
         print("RESULT " + json.dumps(one_run(args, *args.one, Path(args.work))), flush=True)
         return
 
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="solo-stream-vs-zero3-") as tmp:
         work = build_shards(Path(tmp), args.seq_len, args.vocab_size)
@@ -115,9 +114,8 @@ def main() -> None:
             print(preset, json.dumps(runs[preset]), flush=True)
     devices = {r[e]["device"] for r in runs.values() for e in ENGINES if r[e]["ok"]}
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
         "device": ", ".join(sorted(devices)) or "none ran",
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        **conditions.end(),
         "seq_len": args.seq_len, "vocab_size": args.vocab_size, "micro_batch": args.micro_batch,
         "global_batch": args.global_batch, "warmup_steps": args.warmup, "measured_steps": args.steps,
         "device_memory_cap_gb": args.device_memory_gb or None, "runs": runs,
@@ -135,9 +133,7 @@ def cell(run: dict, key: str, fmt: str) -> str:
 def markdown(r: dict) -> str:
     lines = [
         "# Layer streaming (`engine: stream`) against ZeRO-3 with CPU offload, one device", "",
-        f"`.venv/bin/python -m benchmarks.stream_vs_zero3` on {r['device']} ({r['machine']}; load average "
-        f"{r['load_average'][0]} before, {r['load_average'][1]} after); device-memory cap: "
-        f"{r['device_memory_cap_gb'] or 'none'} GB.", "",
+        f"{ran_on(r)} Device: {r['device']}; device-memory cap: {r['device_memory_cap_gb'] or 'none'} GB.", "",
         f"Rows of {r['seq_len']} tokens, micro-batch {r['micro_batch']}, global batch {r['global_batch']}; "
         f"{r['measured_steps']} steps timed after {r['warmup_steps']}. Both through `solo.train.train_worker`, "
         "with OMP_WAIT_POLICY=passive.", "",

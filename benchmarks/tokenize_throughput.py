@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from benchmarks.record import record
+from benchmarks.record import Conditions, ran_on, record
 from benchmarks.tokenizer_train import real_documents
 from solo import tokenizer as tok
 from solo.config import TokenizeConfig
@@ -86,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=2)
     args = parser.parse_args()
+    conditions = Conditions()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         size = write_parquet(work / "data", args.copies)
@@ -110,7 +110,7 @@ def main() -> None:
     assert len({r["tokens"] for r in runs.values()}) == 1, "every side must encode the same tokens"
     base = runs["single_process"]["tokens_per_s"]
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
+        **conditions.end(),
         "bytes": size, "copies": args.copies, "vocab_size": len(tokenizer), "runs": runs,
         "ray_2_over_1_cores": round(runs["ray_2_cores"]["tokens_per_s"] / runs["ray_1_cores"]["tokens_per_s"], 3),
         "ray_2_cores_over_single_process": round(runs["ray_2_cores"]["tokens_per_s"] / base, 3),
@@ -127,7 +127,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     lines = [
         "# Tokenize stage throughput: Ray Data on 1 and 2 cores against one process", "",
-        "`.venv/bin/python -m benchmarks.tokenize_throughput` on " + r["machine"] + ".", "",
+        ran_on(r), "",
         f"{r['bytes'] / 1e6:.1f} MB of real text (web, WikiText-2, Python's docs; {r['copies']} copies) encoded with "
         f"a {r['vocab_size']:,}-token BPE and packed into {SETTINGS.seq_len}-token rows. *single process* is "
         "`tokenizers`' multi-threaded `encode_batch` + `solo.tokens.pack` in a loop, no Ray; the Ray runs are "

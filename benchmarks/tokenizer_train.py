@@ -11,13 +11,11 @@ Writes benchmarks/results/tokenizer_train.{json,md}.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import time
 from typing import Iterator
 
-from benchmarks.record import DATA, record
+from benchmarks.record import Conditions, DATA, ran_on, record
 from solo import tokenizer as tok
 from solo.config import InputSpec
 
@@ -65,7 +63,7 @@ def main() -> None:
 
     # Alternate the two sides so that a slow spell of the machine hits both; keep each one's best.
     solo_s, bare_s = [], []
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
     for _ in range(args.repeats):
         solo, seconds = timed(lambda: tok.train_bpe(tok.sample(documents, found.cutoff, VAL_FRACTION),
                                                     args.vocab_size, 2))
@@ -77,8 +75,7 @@ def main() -> None:
     time_ratio = min(solo_s) / min(bare_s)
     bpt_ratio = held_out["all"]["solo"]["bytes_per_token"] / held_out["all"]["bare"]["bytes_per_token"]
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
-        "load_average": [round(load, 1) for load in (load_before, os.getloadavg()[0])],  # a shared machine
+        **conditions.end(),
         "vocab_size": args.vocab_size,
         "sample": {"documents": found.sample_documents, "bytes": found.sample_bytes, "of_documents": found.documents},
         "seconds": {"scan": round(scan_s, 3), "solo": [round(s, 3) for s in solo_s], "bare": [round(s, 3) for s in bare_s]},
@@ -94,8 +91,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     lines = [
         "# Tokenizer training: solo against a bare `tokenizers` trainer", "",
-        "`.venv/bin/python -m benchmarks.tokenizer_train` on " + r["machine"] + f" (load average {r['load_average'][0]} "
-        f"before, {r['load_average'][1]} after: other work shares these cores).", "",
+        ran_on(r), "",
         f"Vocabulary {r['vocab_size']:,}; both trained on the same sample, {r['sample']['bytes'] / 1e6:.2f} MB in "
         f"{r['sample']['documents']:,} of {r['sample']['of_documents']:,} training documents (web text, "
         "WikiText-2 articles, Python's docs), picked by hash. *solo* is `solo.tokenizer.train_bpe` fed the "

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.record import DATA, record
+from benchmarks.record import Conditions, DATA, ran_on, record
 
 RAY_CPUS = 2
 
@@ -165,7 +164,7 @@ def main() -> None:
 
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
-    load_before = os.getloadavg()[0]
+    conditions = Conditions()
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="solo-train-overhead-") as tmp:
         work = build_shards(Path(tmp), args.seq_len, args.vocab_size)
@@ -186,8 +185,7 @@ def main() -> None:
         finally:
             ray.shutdown()
     result = {
-        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} CPUs",
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        **conditions.end(),
         "seq_len": args.seq_len, "vocab_size": args.vocab_size, "global_batch": args.global_batch,
         "micro_batch": args.micro_batch, "warmup_steps": args.warmup, "measured_steps": args.steps,
         "zero_stages": args.zero_stages, "offload": "none", "precision": "fp32", "runs": runs,
@@ -200,8 +198,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     lines = [
         "# Training-loop overhead on CPU: Ray Train + DeepSpeed against a plain PyTorch loop", "",
-        "`.venv/bin/python -m benchmarks.train_overhead` on " + r["machine"] + f" (load average {r['load_average'][0]} "
-        f"before, {r['load_average'][1]} after).", "",
+        ran_on(r), "",
         f"Rows of {r['seq_len']} tokens (tinyshakespeare and WikiText-2, a {r['vocab_size']:,}-token BPE), global batch "
         f"{r['global_batch']} sequences in micro-batches of {r['micro_batch']}, AdamW, fp32, gradient clipping, "
         f"{r['measured_steps']} optimizer steps timed after {r['warmup_steps']} of warm-up. *ours*: "

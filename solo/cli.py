@@ -32,7 +32,7 @@ from solo.config import REPO_ROOT, ServeConfig, TrainConfig, load_config
 from solo.entry import main_guard
 from solo.errors import SoloError
 from solo.planner import DEFAULT_GPU, HOST_CORES, PCIE_GBPS
-from solo.runtime import cluster_file, worker_env
+from solo.runtime import cluster_file, path_with_this_environment_first, worker_env
 from solo.store import RunStore, solo_home
 from solo.train import PEAK_TFLOPS
 
@@ -50,7 +50,7 @@ def _ray_env() -> dict[str, str]:
     env.update(worker_env())
     env["RAY_AUTH_MODE"] = "token"
     # Jobs run `python`: make it this environment's, whatever PATH the caller had.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = path_with_this_environment_first(env.get("PATH", ""))
     return env
 
 

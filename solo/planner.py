@@ -6,10 +6,11 @@ config asks `resolve_auto_strategy` for the fastest strategy that fits the machi
 Model states (weights, gradients, Adam) come from DeepSpeed's own estimators where it has them
 (ZeRO-2 and ZeRO-3, CPU offload: `estimate_zero2_model_states_mem_needs`,
 `estimate_zero3_model_states_mem_needs`); stage 0, stage 1 without offload, NVMe offload, fp32 and
-the stream engine use our own formulas, each marked "own" below. Activations are always our own
-count. Speed is FLOPs per token (solo.model.flops_per_token) over an assumed achievable fraction of
-the peak, slowed by what offload moves over PCIe, NVMe and between GPUs. Every figure that is an
-assumption is a named constant here with where it comes from; none is measured on a GPU yet.
+the stream engine use our own formulas, each marked "own" below. Activations and DeepSpeed's gradient
+reduce bucket, which its estimators leave out, are always our own count. Speed is FLOPs per token
+(solo.model.flops_per_token) over an assumed achievable fraction of the peak, slowed by what offload
+moves over PCIe, NVMe and between GPUs. Every figure that is an assumption is a named constant here with
+where it comes from; none is measured on a GPU yet.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ GB = 1024**3  # GiB, as torch reports device memory and the training loop its pe
 
 MEMORY_MARGIN = 0.10  # fits: at most 90% of a memory, for allocator fragmentation and what no formula counts
 CUDA_CONTEXT_GB = 0.8  # CUDA context, cuBLAS workspace and NCCL buffers: typically 0.5–1 GB before any tensor
-WORKER_BASELINE_GB = 0.6  # a Ray Train worker's RSS before the model (Python, torch, transformers, DeepSpeed and its
-#                           CPU Adam op, Ray): 0.61 GB measured by benchmarks/planner_vs_measured.py's probe
+WORKER_BASELINE_GB = 0.63  # a Ray Train worker's RSS without a real model (Python, torch, transformers' Llama,
+#                            DeepSpeed and its CPU Adam op, TensorBoard, Ray, a first forward and backward): 0.625 GB
+#                            measured by benchmarks/planner_vs_measured.py's probe
 DEEPSPEED_BUFFER_FACTOR = 1.5  # DeepSpeed's estimators' additional_buffer_factor default, on our formulas too
 GPU_MFU = 0.35  # achievable model-FLOPs utilization of stock transformers Llama + DeepSpeed, bf16, nothing offloaded:
 #                 below nanochat's 41–46% on H100 (the figure issue 5 quotes) since no kernel is fused; an assumption
@@ -63,6 +65,11 @@ DEFAULT_GPU = "RTX 4090"
 NVME_OPTIMIZER_BUFFERS, NVME_SUB_GROUP_ELEMENTS = 4, 1e9
 NVME_PARAM_BUFFERS = 5
 OPTIMIZER_STATE_BYTES = 12  # fp32 master weight, Adam's m and v (the ZeRO paper's K = 12): what NVMe offload moves
+# ZeRO-3 reduce-scatters its gradient bucket through DeepSpeed's reduce_scatter_coalesced
+# (deepspeed/runtime/comm/coalesced_collectives.py), which first torch.cat's the bucket into a new buffer; gloo's
+# reduce_scatter_tensor copies that once more (a 0.25 GiB input raised the peak RSS by 0.25 GiB), NCCL's does not.
+# ZeRO-1 and 2 reduce the bucket's slices in place (stage_1_and_2.py `average_tensor`; gloo's all_reduce: no copy).
+ZERO3_REDUCE_COPIES_GPU, ZERO3_REDUCE_COPIES_CPU = 1, 2
 
 
 @dataclass(frozen=True)
@@ -260,7 +267,30 @@ def model_state_bytes(s: Strategy, model: ModelShape, workers: int) -> tuple[flo
         # Own: the estimators count 16-bit weights and gradients; in fp32 each takes 4 bytes, 2 more. Only planned
         # on the CPU, where device and host are the same memory, so where they sit does not matter.
         device += 2 * p / (n if s.zero_stage == 3 else 1) + 2 * p / (n if s.zero_stage >= 2 else 1)
+        # Own: there the ZeRO stage's "device" tensors are host memory, made by the same initialization copies
+        # as its host ones, and glibc's malloc keeps what those copies free (0.55 GB of a 125M ZeRO-3 run's RSS
+        # went back to the system only under malloc_trim: benchmarks/results/planner_vs_measured.md); DeepSpeed's
+        # additional_buffer_factor, which its estimators put on host memory, covers them too.
+        device *= buffer
     return device, host, nvme
+
+
+def reduce_bucket_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> float:
+    """Own, from DeepSpeed's source: at ZeRO-1 to 3 each worker reduces gradients through one bucket of
+    `reduce_bucket_size` elements (solo.train.REDUCE_BUCKET_ELEMENTS; deepspeed/runtime/zero/stage3.py
+    `_setup_for_real_optimizer`, stage_1_and_2.py `setup_buckets`), which the estimators leave out, and at
+    ZeRO-3 the copies its reduce-scatter makes of it. On a GPU the caching allocator takes the whole bucket at
+    once, in the compute dtype; on the CPU it is fp32 pages touched as gradients fill it (at most the whole
+    model's)."""
+    from solo.train import REDUCE_BUCKET_ELEMENTS
+
+    if s.engine != "deepspeed" or s.zero_stage == 0:
+        return 0.0
+    if on_gpu:
+        copies = ZERO3_REDUCE_COPIES_GPU if s.zero_stage == 3 else 0
+        return REDUCE_BUCKET_ELEMENTS * (2 if s.precision == "bf16" else 4) * (1 + copies)
+    copies = ZERO3_REDUCE_COPIES_CPU if s.zero_stage == 3 else 0
+    return min(REDUCE_BUCKET_ELEMENTS, model.parameters) * 4 * (1 + copies)
 
 
 def stream_state_bytes(s: Strategy, model: ModelShape) -> tuple[float, float]:
@@ -340,7 +370,7 @@ def estimate(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_b
         device, host = stream_state_bytes(s, model)
     else:
         device, host, nvme = model_state_bytes(s, model, n)
-    per_worker = device + activations
+    per_worker = device + activations + reduce_bucket_bytes(s, model, on_gpu)
     if on_gpu:
         gpu_gb = (per_worker / GB + CUDA_CONTEXT_GB)
         host_gb = host / GB + n * WORKER_BASELINE_GB

@@ -39,18 +39,39 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def build_deepspeed_ops() -> None:
-    """Compile DeepSpeed's ops that training loads (`make ops`, before the tests): CPU Adam, for
-    optimizer offload, and async I/O, for NVMe offload, into the cache every job reads, so that no job
-    or test waits minutes on the first build. Async I/O needs libaio (cluster/system-packages.sh)."""
+def path_with_this_environment_first(path: str) -> str:
+    """PATH with this Python environment's bin folder first (unchanged if it already is)."""
+    bin_dir = str(Path(sys.executable).parent)
+    return path if path.split(os.pathsep)[0] == bin_dir else f"{bin_dir}{os.pathsep}{path}"
+
+
+def use_this_environments_ninja() -> None:
+    """Make DeepSpeed's op builds (which run the first `ninja` on PATH) use this environment's ninja,
+    the one a `solo up` cluster finds first. Ninja 1.12 changed its build log's format and hash, so a
+    system ninja and pip's newer one each take the other's log as stale and rebuild every op: minutes
+    of compiling, over and over, wherever processes with the two PATHs share the op cache."""
+    os.environ["PATH"] = path_with_this_environment_first(os.environ.get("PATH", ""))
+
+
+def build_deepspeed_ops(training: bool = True, nvme: bool = True) -> None:
+    """Compile DeepSpeed's ops that training loads (`make ops`, before the tests) into the cache every
+    job reads, so that no job or test waits minutes on the first build: `training`, CPU Adam (optimizer
+    offload) and, on DeepSpeed's CPU accelerator, the shared-memory collectives its process group
+    loads; `nvme`, async I/O (NVMe offload), which needs libaio (cluster/system-packages.sh)."""
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
+    use_this_environments_ninja()
+    from deepspeed.accelerator import get_accelerator
     from deepspeed.ops.op_builder import AsyncIOBuilder, CPUAdamBuilder
 
-    CPUAdamBuilder().load(verbose=False)
-    if AsyncIOBuilder().is_compatible(verbose=False):
+    if training:
+        CPUAdamBuilder().load(verbose=False)
+        shared_memory_collectives = get_accelerator().create_op_builder("ShareMemCommBuilder")
+        if shared_memory_collectives is not None and shared_memory_collectives.is_compatible(verbose=False):
+            shared_memory_collectives.load(verbose=False)
+    if nvme and AsyncIOBuilder().is_compatible(verbose=False):
         AsyncIOBuilder().load(verbose=False)
-    else:  # everything but NVMe offload works without it
+    elif nvme:  # everything but NVMe offload works without it
         print("note: DeepSpeed's async I/O op cannot build here, so NVMe offload will not work: install "
               "libaio-dev (bash cluster/system-packages.sh)", flush=True)
     print(f"DeepSpeed ops ready in {torch_extensions_dir()}", flush=True)
@@ -67,6 +88,7 @@ def join_one_process_group(cuda: bool) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it whenever one is built
+    use_this_environments_ninja()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
                                init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 

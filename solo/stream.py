@@ -9,8 +9,13 @@ the activations at layer boundaries; the head's backward runs as soon as its los
 logits never outlive forward. Backward walks the layers in reverse, recomputing each layer's
 forward from its boundary activation, and copies that layer's gradients back to host on a third
 stream, where they are added into the fp32 gradients. At the end of a global batch the host
-gradients are averaged over data-parallel workers (gloo, on host memory), clipped, and DeepSpeed's
-CPU Adam (AdamW) steps the master weights. On the host (`device: cpu`) the "device" is host memory:
+gradients are averaged over data-parallel workers (gloo, on host memory) and their global norm sets
+the clipping; then DeepSpeed's CPU Adam (AdamW) steps the master weights a unit at a time, in forward
+order, on a background thread (`OverlappedAdam`), and `step()` returns at once: the next step's
+forward fetches each unit as soon as that unit is updated, so the device computes the first layers
+while the host still updates the last ones. Whatever reads the weights from outside (`module`,
+`eval()`, `save_checkpoint`, `load_checkpoint`) first waits for the step in flight, and an error on
+that thread is raised in the training thread. On the host (`device: cpu`) the "device" is host memory:
 the streams are torch.cpu's no-op stand-ins and nothing is copied (a unit's device copy is its master
 tensor, a gradient is added where it was computed), while the slots, events, double buffering and
 deferred gradient return run the same code as on a GPU.
@@ -31,6 +36,7 @@ other way, a DeepSpeed run from a stream checkpoint, is refused (`solo.checkpoin
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,12 +124,114 @@ class Unit:
         return sum(p.numel() for _, p in self.params)
 
 
+@dataclass(frozen=True)
+class AdamSettings:
+    """One optimizer step's settings, taken when the step starts: the loop sets the next step's learning
+    rate on the param group while this step's last units may still be updating."""
+
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    bias_correction: bool
+    grad_divisor: float  # the global clipping factor, 1 when the norm is within the limit
+
+
+class OverlappedAdam:
+    """DeepSpeed's CPU Adam (AdamW) stepping the host master weights a unit at a time, in forward order,
+    on one background thread, so the next step's forward can compute its first units while the last ones
+    still update (`WeightStream` waits for a unit's update before fetching it).
+
+    Each parameter gets what DeepSpeedCPUAdam.step() gives it (the same `adam_update` kernel, state and
+    step count), so the weights are bit for bit those of one `step()` over the whole model, and the
+    optimizer keeps its single param group and its state_dict (checkpoints are unchanged). A tied weight
+    is updated with the first unit that uses it (the embedding). DeepSpeed's binding of `adam_update`
+    holds the GIL while it runs, so a parameter goes through it in slices of CHUNK elements: the training
+    thread, wanting the GIL back to issue its next operation, waits for one slice, not a whole embedding.
+    An error on the thread is raised in the training thread by whatever waits for that unit or a later one.
+    """
+
+    # A multiple of every SIMD width × unroll the kernel uses (at most 512 floats), so each element takes
+    # the vector or scalar path it would take in one call over the whole tensor: the same bits. ~4 M
+    # elements is a few milliseconds of a server CPU.
+    CHUNK = 1 << 22
+
+    def __init__(self, optimizer, units: list[Unit]):
+        self.optimizer = optimizer
+        self.position = {id(unit): k for k, unit in enumerate(units)}
+        self.owned: list[list[nn.Parameter]] = []
+        seen: set[int] = set()
+        for unit in units:
+            self.owned.append([p for _, p in unit.params if id(p) not in seen])
+            seen.update(id(p) for p in self.owned[-1])
+        if seen != {id(p) for p in optimizer.param_groups[0]["params"]}:
+            raise RuntimeError("the streamed units must hold exactly the parameters the optimizer steps")
+        self.pending: list[Future] = []  # one per unit, in forward order, while a step is in flight
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="solo-stream-adam")
+
+    def start(self, grad_divisor: float) -> None:
+        """Steps every unit on the background thread with the param group's current settings."""
+        self.finish()
+        group = self.optimizer.param_groups[0]
+        settings = AdamSettings(lr=group["lr"], betas=tuple(group["betas"]), eps=group["eps"],
+                                weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
+                                grad_divisor=grad_divisor)
+        self.pending = [Future() for _ in self.owned]
+        self.worker.submit(self._run, settings, self.pending)
+
+    def done(self, unit: Unit) -> bool:
+        return not self.pending or self.pending[self.position[id(unit)]].done()
+
+    def wait(self, unit: Unit) -> None:
+        """Returns once `unit`'s weights are updated (and those of every unit before it)."""
+        if self.pending:
+            self.pending[self.position[id(unit)]].result()
+
+    def finish(self) -> None:
+        for future in self.pending:
+            future.result()  # an update's error stays pending, so every later wait raises it again
+        self.pending = []
+
+    def _run(self, settings: AdamSettings, futures: list[Future]) -> None:
+        for k, future in enumerate(futures):
+            try:
+                self._update_unit(k, settings)
+            except BaseException as error:
+                error.add_note(f"in solo.stream's background optimizer step, unit {k} "
+                               "(0 is the embedding, then the decoder layers, then the head)")
+                for unfinished in futures[k:]:  # the later units are not updated either
+                    unfinished.set_exception(error)
+                return
+            future.set_result(None)
+
+    @torch.no_grad()
+    def _update_unit(self, k: int, settings: AdamSettings) -> None:
+        adam = self.optimizer
+        for param in self.owned[k]:
+            if settings.grad_divisor != 1:
+                param.grad.div_(settings.grad_divisor)
+            state = adam.state[param]
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(param.data, dtype=torch.float32),
+                             exp_avg_sq=torch.zeros_like(param.data, dtype=torch.float32))
+            state["step"] += 1
+            # view(-1) refuses a non-contiguous tensor, which adam_update would silently update in a copy.
+            flat = [t.view(-1) for t in (param.data, param.grad, state["exp_avg"], state["exp_avg_sq"])]
+            for start in range(0, param.numel(), self.CHUNK):
+                adam.ds_opt_adam.adam_update(
+                    adam.opt_id, state["step"], settings.lr, *settings.betas, settings.eps, settings.weight_decay,
+                    settings.bias_correction, *(t[start:start + self.CHUNK] for t in flat))
+            param.grad.zero_()
+
+
 class WeightStream:
     """Device copies of units' weights in two slots: while the caller computes with one unit, the next
-    unit's weights are copied into the other slot on the copy-in stream."""
+    unit's weights are copied into the other slot on the copy-in stream. A unit is fetched only once the
+    optimizer step in flight has updated it."""
 
-    def __init__(self, streams: DeviceStreams, slot_numel: int, compute_dtype: torch.dtype):
-        self.streams, self.compute_dtype = streams, compute_dtype
+    def __init__(self, streams: DeviceStreams, slot_numel: int, compute_dtype: torch.dtype,
+                 updates: OverlappedAdam):
+        self.streams, self.compute_dtype, self.updates = streams, compute_dtype, updates
         self.slots = [torch.empty(0 if streams.host_is_device else slot_numel, dtype=torch.float32,
                                   device=streams.device) for _ in range(2)]
         self.slot_free: list = [None, None]  # an event on the compute stream once the slot's last unit is done
@@ -149,14 +257,21 @@ class WeightStream:
         whatever the caller runs on a unit must be enqueued before it asks for the next one."""
         if not units:
             return
+        self.updates.wait(units[0])
         pending = self._fetch(units[0], 0)
         for k, unit in enumerate(units):
             views, ready = pending
-            if k + 1 < len(units):
-                pending = self._fetch(units[k + 1], (k + 1) % 2)
+            upcoming = units[k + 1] if k + 1 < len(units) else None
+            if upcoming is not None and self.updates.done(upcoming):
+                pending, upcoming = self._fetch(upcoming, (k + 1) % 2), None
+            # else the next unit is fetched once this one's work is enqueued: waiting for its update here
+            # would hold back this unit's compute too.
             self.streams.compute.wait_event(ready)
             yield unit, {name: view.to(self.compute_dtype) for name, view in views.items()}
             self.slot_free[k % 2] = self.streams.event(self.streams.compute)
+            if upcoming is not None:
+                self.updates.wait(upcoming)
+                pending = self._fetch(upcoming, (k + 1) % 2)
 
 
 class GradientReturn:
@@ -227,7 +342,8 @@ class StreamEngine:
 
         if config.strategy.precision not in COMPUTE_DTYPES:
             raise SoloError(f"engine: stream computes in fp32 or bf16, not {config.strategy.precision}")
-        self.module, self.config, self.device, self.accumulation = model, config, device, accumulation
+        # `module` (below) hands the model out once the optimizer step in flight is done; inside, `_model`.
+        self._model, self.config, self.device, self.accumulation = model, config, device, accumulation
         self.training = True
         self.compute_dtype = COMPUTE_DTYPES[config.strategy.precision]
         self.streams = DeviceStreams(device)
@@ -255,27 +371,40 @@ class StreamEngine:
         self.embedding = Unit.of(llama.embed_tokens)
         self.layers = [Unit.of(layer) for layer in llama.layers[:model.config.num_hidden_layers]]
         self.head = Unit.of(_Head(llama.norm, model.lm_head))
-        slot_numel = max(unit.numel() for unit in [self.embedding, *self.layers, self.head])
-        self.weights = WeightStream(self.streams, slot_numel, self.compute_dtype)
-        self.gradients = GradientReturn(self.streams, slot_numel, self.compute_dtype)
-        # RoPE's inverse frequencies (a buffer, no weights) stay on the device for good.
-        self.rotary = type(llama.rotary_emb)(config=model.config).to(device)
-
+        self.units = [self.embedding, *self.layers, self.head]  # forward order
         o = config.optim
         self.optimizer = DeepSpeedCPUAdam(self.params, lr=o.lr, betas=(o.beta1, o.beta2),
                                           weight_decay=o.weight_decay, adamw_mode=True)
+        self.adam = OverlappedAdam(self.optimizer, self.units)
+        slot_numel = max(unit.numel() for unit in self.units)
+        self.weights = WeightStream(self.streams, slot_numel, self.compute_dtype, self.adam)
+        self.gradients = GradientReturn(self.streams, slot_numel, self.compute_dtype)
+        # RoPE's inverse frequencies (a buffer, no weights) stay on the device for good.
+        self.rotary = type(llama.rotary_emb)(config=model.config).to(device)
         self.micro_steps = self.global_steps = 0
         self._saved: _Saved | None = None
 
     # ------------------------------------------------------------ what the loop calls
 
+    @property
+    def module(self):
+        """The model, once the optimizer step in flight has updated all of it: whatever reads the weights
+        from outside (export, state_dict, tests) goes through here."""
+        self._finish_pending_step()
+        return self._model
+
+    def _finish_pending_step(self) -> None:
+        """Waits for the background optimizer step, raising its error if it failed."""
+        self.adam.finish()
+
     def train(self) -> None:
         self.training = True
-        self.module.train()
+        self._model.train()
 
     def eval(self) -> None:
+        self._finish_pending_step()
         self.training = False
-        self.module.eval()
+        self._model.eval()
 
     def __call__(self, input_ids, labels=None, position_ids=None, attention_mask=None, use_cache=False):
         from transformers.masking_utils import create_causal_mask
@@ -293,7 +422,7 @@ class StreamEngine:
                 if unit is self.embedding:
                     hidden = functional_call(unit.module, weights, (input_ids,))
                     # Packed rows restart their position ids; transformers then builds a block-diagonal mask.
-                    mask = create_causal_mask(config=self.module.config, inputs_embeds=hidden,
+                    mask = create_causal_mask(config=self._model.config, inputs_embeds=hidden,
                                               attention_mask=attention_mask, past_key_values=None,
                                               position_ids=position_ids)
                     rope = self.rotary(hidden, position_ids=position_ids)
@@ -326,32 +455,35 @@ class StreamEngine:
         self._saved = None
 
     def step(self) -> None:
-        """One micro-batch done; at the end of a global batch, average, clip and step (as DeepSpeed does)."""
+        """One micro-batch done; at the end of a global batch, average, clip and step (as DeepSpeed does),
+        the optimizer step starting on the background thread with the learning rate set now."""
         self.micro_steps += 1
         if self.micro_steps % self.accumulation:
             return
         if self.world > 1:
             dist.all_reduce(self.grads, group=self.host_group)
             self.grads.div_(self.world)
+        grad_divisor = 1.0
         clip = self.config.optim.grad_clip
         if clip > 0:
-            # DeepSpeed's rule (ZeRO's unscale_and_clip_grads), so the two engines take the same steps.
+            # DeepSpeed's rule (ZeRO's unscale_and_clip_grads), so the two engines take the same steps; the
+            # division is applied unit by unit with the update, an elementwise op giving the same bits.
             factor = (self.grads.norm().item() + 1e-6) / clip
             if factor > 1:
-                self.grads.div_(factor)
-        self.optimizer.step()
-        self.grads.zero_()
+                grad_divisor = factor
+        self.adam.start(grad_divisor)  # it zeroes each unit's gradients once the unit is updated
         self.global_steps += 1
 
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, folder, tag: str, client_state: dict | None = None, save_latest: bool = True,
                         exclude_frozen_parameters: bool = False) -> None:
+        self._finish_pending_step()
         if self.rank != 0:
             return  # every worker holds the same full state
         target = Path(folder) / tag
         target.mkdir(parents=True, exist_ok=True)
-        torch.save({"module": self.module.state_dict(), "global_steps": self.global_steps,
+        torch.save({"module": self._model.state_dict(), "global_steps": self.global_steps,
                     "dp_world_size": self.world, **(client_state or {})}, target / MODEL_STATES)
         torch.save({"optimizer": self.optimizer.state_dict(), "micro_steps": self.micro_steps},
                    target / OPTIMIZER_STATES)
@@ -360,6 +492,7 @@ class StreamEngine:
 
     def load_checkpoint(self, folder, load_module_strict: bool = True) -> tuple[str, dict]:
         """Restores a stream checkpoint in full, or a DeepSpeed one's weights (see the module docstring)."""
+        self._finish_pending_step()  # or a step still in flight would write over what is loaded
         folder = Path(folder)
         tag = (folder / "latest").read_text().strip()
         path = folder / tag
@@ -376,7 +509,7 @@ class StreamEngine:
             self.micro_steps = self.global_steps * self.accumulation
             self._load_zero_moments(path)
         with torch.no_grad():
-            self.module.load_state_dict({k: v.float() for k, v in weights.items()}, strict=load_module_strict)
+            self._model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=load_module_strict)
         client = {k: v for k, v in states.items() if k not in ("global_steps", "dp_world_size", "optimizer")}
         return str(path), client
 
@@ -427,7 +560,7 @@ class StreamEngine:
 
         exp_avg, exp_avg_sq = moments("exp_avg"), moments("exp_avg_sq")
         step = int(next(iter(adam[0].values()))["step"])
-        for name, param in self.module.named_parameters():
+        for name, param in self._model.named_parameters():
             self.optimizer.state[param] = {"step": step, "exp_avg": exp_avg[name].float().contiguous(),
                                            "exp_avg_sq": exp_avg_sq[name].float().contiguous()}
         self._replay_bias_correction()
@@ -468,4 +601,4 @@ class StreamEngine:
             "position_ids": saved.position_ids})
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.module.loss_function(logits=logits, labels=labels, vocab_size=self.module.config.vocab_size)
+        return self._model.loss_function(logits=logits, labels=labels, vocab_size=self._model.config.vocab_size)

@@ -60,6 +60,8 @@ def deepspeed_config(config: TrainConfig, workers: int) -> dict:
         zero["offload_param"] = offload_target(strategy.offload_params, strategy.nvme_path)
     if strategy.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if strategy.zero_stage >= 1:
+        zero["reduce_bucket_size"] = REDUCE_BUCKET_ELEMENTS
     optimizer_params: dict = {}
     if config.trains_adapters():
         # LoRA/QLoRA: plain data parallelism (ZeRO stage 0), whatever `strategy` says. ZeRO-3 would
@@ -85,6 +87,14 @@ def deepspeed_config(config: TrainConfig, workers: int) -> dict:
         **({"aio": NVME_AIO} if "nvme" in (strategy.offload_optimizer, strategy.offload_params) else {}),
     }
 
+
+# Gradients are reduced through a bucket of this many elements (DeepSpeed's `reduce_bucket_size`; its default,
+# 5e8, is sized for GPU clusters). The bucket lives where the gradients are computed and fills up to it, or to the
+# whole model when smaller, and ZeRO-3's reduce-scatter copies it (on the CPU twice), so at 5e8 a 125M model held
+# its gradients three more times in host memory (0.9 GB measured, benchmarks/results/planner_vs_measured.md).
+# 16M elements still moves tens of MB per collective, where NCCL and gloo run at full bandwidth. The planner
+# counts this bucket (solo.planner.reduce_bucket_bytes).
+REDUCE_BUCKET_ELEMENTS = 2**24
 
 # libaio settings for NVMe offload: DeepSpeed's defaults (1 MiB blocks, 8 requests in flight per thread).
 NVME_AIO = {"block_size": 1048576, "queue_depth": 8, "intra_op_parallelism": 1, "single_submit": False,
@@ -471,6 +481,9 @@ class MetricsLog:
 
 
 def _ray_worker_entry(loop_config: dict) -> None:
+    from solo.runtime import use_this_environments_ninja
+
+    use_this_environments_ninja()
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda(loop_config["job"].config) else "gloo")
@@ -479,7 +492,7 @@ def _ray_worker_entry(loop_config: dict) -> None:
 
 def start_launched(config: TrainConfig) -> None:
     """torch.distributed from the `deepspeed`/`torchrun` launcher's environment, for a run without Ray."""
-    from solo.runtime import worker_env
+    from solo.runtime import use_this_environments_ninja, worker_env
 
     world = int(os.environ["WORLD_SIZE"])
     if world != config.workers:
@@ -489,6 +502,7 @@ def start_launched(config: TrainConfig) -> None:
     # set before DeepSpeed is imported, since it picks its accelerator then.
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
+    use_this_environments_ninja()
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda(config) else "gloo")

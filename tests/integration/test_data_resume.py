@@ -10,7 +10,9 @@ import pytest
 
 from solo import data, neardedup
 from solo.config import (REPO_ROOT, DataConfig, DecontamConfig, EvalSetSpec, InputSpec, MixingConfig,
-                         default_config_path, load_config)
+                         PipelineConfig, default_config_path, load_config)
+from solo.pipeline import run_pipeline
+from solo.store import RunStore
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +50,11 @@ def rows(folder: Path) -> list[tuple]:
 
 
 def test_dedup_decontam_mixing_and_resume_after_a_kill(ray_local, config, tmp_path, monkeypatch):
-    whole = tmp_path / "whole"
-    data.prepare(config, whole)
+    # The whole run through the pipeline, stopped after its first stage (`jobs.pipeline --until prepare_data`).
+    run = RunStore(tmp_path / "run")
+    assert list(run_pipeline(PipelineConfig(data=config), run, until="prepare_data")) == ["prepare_data"]
+    assert not run.stage_dir("tokenizer").exists() and not run.stage_dir("tokenizer.partial").exists()
+    whole = run.stage_dir("data")
     dropped = {r["id"]: r for r in pq.read_table(whole / "dropped").to_pylist()}
     assert (dropped["web-near"]["reason"], dropped["web-near"]["duplicate_of"]) == ("dup_near", "web-000")
     assert (dropped["web-exact"]["reason"], dropped["web-exact"]["duplicate_of"]) == ("dup_exact", "web-001")

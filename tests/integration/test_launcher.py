@@ -18,8 +18,10 @@ import pytest
 from solo.config import REPO_ROOT
 
 pytestmark = pytest.mark.integration
-PRETRAIN = ["--module", "jobs.pretrain", "--run", "launch", "--set", "max_steps=6", "--set", "checkpoint_every=2",
-            "--set", "keep_checkpoints=2", "--set", "log_every=1", "--set", "eval_every=6", "--set", "eval_batches=1",
+# A checkpoint every step: the first launch is stopped after its first, the second saves two more of
+# which, with the one it resumed from, the last two are kept.
+PRETRAIN = ["--module", "jobs.pretrain", "--run", "launch", "--set", "max_steps=3", "--set", "checkpoint_every=1",
+            "--set", "keep_checkpoints=2", "--set", "log_every=1", "--set", "eval_every=3", "--set", "eval_batches=1",
             "--set", "micro_batch=2", "--set", "global_batch=4"]
 
 
@@ -60,13 +62,13 @@ def test_a_stopped_launch_resumes_from_the_folder_checkpoint_on_another_process_
     assert "1 workers × micro-batch 2 × 2 accumulation = 4 sequences/step" in out
     manifest = json.loads((run / "pretrain" / "manifest.json").read_text())
     assert manifest["status"] == "complete", out[-4000:]
-    assert manifest["metrics"]["step"] == 6
+    assert manifest["metrics"]["step"] == 3
     assert [r["resumed_from_step"] for r in manifest["restarts"]] == [resumed]
     losses = [float(line.split(",")[1]) for line in (run / "pretrain" / "metrics.csv").read_text().splitlines()[1:]]
     assert all(0 < loss < 10 for loss in losses), losses
     # The last two checkpoints kept, `latest` on the last; the universal form, used, is gone.
     assert not (run / "pretrain" / "checkpoints" / "universal").exists()
     kept = sorted(p.name for p in (run / "pretrain" / "checkpoints").glob("step_*"))
-    assert kept == ["step_00000004", "step_00000006"]
-    assert (run / "pretrain" / "checkpoints" / "latest").read_text() == "step_00000006"
+    assert kept == ["step_00000002", "step_00000003"]
+    assert (run / "pretrain" / "checkpoints" / "latest").read_text() == "step_00000003"
     assert (run / "pretrain" / "model" / "model.safetensors").is_file()

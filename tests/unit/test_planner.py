@@ -1,6 +1,7 @@
 """The memory and speed planner (`solo plan`) and `strategy: auto`. Expected values are worked out by hand
 from the bytes each strategy must hold, not read off the planner's output."""
 
+import dataclasses
 import json
 
 import pytest
@@ -94,6 +95,48 @@ def test_only_strategies_deepspeed_accepts_are_planned():
     assert not any("nvme" in (s.offload_optimizer, s.offload_params) for s in planner.strategies(gpu(24, 64)))
     on_cpu = planner.strategies(planner.Hardware(gpu_mem_gb=None, host_mem_gb=16, gpus=2))
     assert {s.precision for s in on_cpu} == {"fp32"} and {s.engine for s in on_cpu} == {"deepspeed"}
+
+
+def cpu_row(preset: str, zero_stage: int, optimizer: str, params: str) -> tuple[planner.Estimate, planner.ModelShape]:
+    model = planner.ModelShape.preset(preset, 4096, 256)
+    strategy = planner.Strategy("deepspeed", zero_stage, optimizer, params, False, "fp32")
+    hardware = planner.Hardware(gpu_mem_gb=None, host_mem_gb=24, gpus=1)
+    return planner.estimate(strategy, model, hardware, 256, 1, 1), model
+
+
+def test_the_gradient_bucket_is_counted_where_it_lives():
+    # DeepSpeed's reduce bucket at ZeRO-1..3: 2^24 = 16,777,216 elements (solo.train sets reduce_bucket_size).
+    # On a GPU, allocated whole in bf16: 32 MiB, and at ZeRO-3 the reduce-scatter's concatenated copy, 32 MiB
+    # more. On the CPU, fp32 and only as far as gradients fill it; at ZeRO-3 DeepSpeed's copy and gloo's: 12 bytes
+    # an element, of the bucket or of a smaller model; ZeRO-2 reduces it in place, 4 bytes an element.
+    model_125m = planner.ModelShape.preset("125m", 4096, 256)
+    model_demo = planner.ModelShape.preset("demo", 4096, 256)
+    zero3 = planner.Strategy("deepspeed", 3, "cpu", "cpu", False, "bf16")
+    zero2 = planner.Strategy("deepspeed", 2, "cpu", "none", False, "bf16")
+    assert planner.reduce_bucket_bytes(zero3, model_125m, on_gpu=True) == 64 * 1024**2
+    assert planner.reduce_bucket_bytes(zero2, model_125m, on_gpu=True) == 32 * 1024**2
+    fp32 = dataclasses.replace(zero3, precision="fp32")
+    assert model_125m.parameters > 16_777_216 > model_demo.parameters
+    assert planner.reduce_bucket_bytes(fp32, model_125m, on_gpu=False) == 16_777_216 * 12
+    assert planner.reduce_bucket_bytes(fp32, model_demo, on_gpu=False) == model_demo.parameters * 12
+    zero2_fp32 = dataclasses.replace(zero2, precision="fp32")
+    assert planner.reduce_bucket_bytes(zero2_fp32, model_125m, on_gpu=False) == 16_777_216 * 4
+    zero0 = planner.Strategy("deepspeed", 0, "none", "none", False, "fp32")
+    assert planner.reduce_bucket_bytes(zero0, model_125m, on_gpu=False) == 0
+
+
+def test_125m_zero3_with_cpu_offload_on_the_cpu_adds_up_by_hand():
+    # 125m at vocab 4096 (h 768, i 2048): the largest module is the embedding, 4096 × 768 = 3,145,728 weights.
+    # DeepSpeed's estimator (offload of both, zero.Init): host 18 bytes × p × 1.5; device 4 × largest. fp32 adds
+    # 2 bytes to each of weights and gradients (4p), and on the CPU the device side gets the 1.5 factor too.
+    # Then the bucket (2^24 × 12), the activations, and one worker's baseline.
+    row, model = cpu_row("125m", 3, "cpu", "cpu")
+    p, largest = model.parameters, 4096 * 768
+    assert model.largest_module == largest
+    device = (4 * largest + 4 * p) * 1.5
+    activations = planner.activation_bytes(model, 256, 1, False, 4)
+    expected = (device + activations + 16_777_216 * 12 + 18 * p * 1.5) / GB + planner.WORKER_BASELINE_GB
+    assert row.host_gb == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.fixture

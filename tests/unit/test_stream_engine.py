@@ -1,12 +1,17 @@
 """The layer-streaming engine (`engine: stream`, solo.stream) on the host, where the device is host memory:
 its gradients against a plain PyTorch backward, its losses against DeepSpeed's engine through the same
-training loop (one process, gloo), and exact resume from its own checkpoints and from DeepSpeed's."""
+training loop (one process, gloo), exact resume from its own checkpoints and from DeepSpeed's, and the
+optimizer step on a background thread overlapping the next forward without changing a bit."""
 
 import copy
 import csv
+import functools
 import os
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
+import cpuinfo
 import pytest
 import torch
 
@@ -21,24 +26,44 @@ from solo.checkpoints import check_resumable  # noqa: E402
 from solo.train import TrainJob, train_worker  # noqa: E402
 
 
-def test_gradients_equal_a_plain_pytorch_backward():
+@pytest.fixture(autouse=True)
+def cpu_described_once(monkeypatch):
+    """DeepSpeedCPUAdam asks py-cpuinfo about the CPU each time one is built (over a second, in subprocesses),
+    and these tests build nine; the answer does not change within a run."""
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", _cpu_info)
+
+
+_cpu_info = functools.cache(cpuinfo.get_cpu_info)
+
+
+def tiny_llama():
+    """The demo shape cut to two decoder layers, seeded."""
     from transformers import LlamaForCausalLM
 
     from solo.model import llama_config
-    from solo.stream import StreamEngine
 
     config = llama_config("demo", vocab_size=512, seq_len=32)
     config.num_hidden_layers = 2
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    reference = copy.deepcopy(model)
-    engine = StreamEngine(model, TrainConfig(), torch.device("cpu"), accumulation=2)
-    ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    return LlamaForCausalLM(config)
+
+
+def micro_batch(seed: int) -> dict:
+    ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(seed))
     labels = ids.clone()
     labels[0, :5] = -100
     # Row 0 packs two sequences (positions restart: a block-diagonal mask); row 1 is one sequence.
     positions = torch.stack([torch.cat([torch.arange(20), torch.arange(12)]), torch.arange(32)])
-    inputs = {"input_ids": ids, "labels": labels, "position_ids": positions, "use_cache": False}
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "use_cache": False}
+
+
+def test_gradients_equal_a_plain_pytorch_backward():
+    from solo.stream import StreamEngine
+
+    model = tiny_llama()
+    reference = copy.deepcopy(model)
+    engine = StreamEngine(model, TrainConfig(), torch.device("cpu"), accumulation=2)
+    inputs = micro_batch(1)
 
     for _ in range(2):  # two micro-batches accumulate, each scaled by 1/2 as DeepSpeed scales them
         out = engine(**inputs)
@@ -50,6 +75,107 @@ def test_gradients_equal_a_plain_pytorch_backward():
     engine.eval()
     with torch.no_grad():
         assert torch.allclose(engine(**inputs).loss, reference(**inputs).loss, rtol=1e-6)
+
+
+def test_optimizer_step_overlaps_the_next_forward_and_changes_no_bit(monkeypatch):
+    """Three steps of two micro-batches, the loop's LR schedule set before each step's forward. The overlapped
+    engine (the default) against the same engine waiting for each step to finish before going on, and against
+    DeepSpeed's own CPU Adam step() over the whole model fed the same gradients: the same losses and weights,
+    bit for bit. Its head's update is held until the next forward has reached the first layer, and the order
+    of what happened is recorded: each unit's forward came after its own update, and the first layer's before
+    the head's update (the overlap)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    from solo.stream import StreamEngine
+    from solo.train import learning_rate
+
+    config = load_config(TrainConfig, None, ["optim.warmup_steps=2", "max_steps=3"])
+    model = tiny_llama()
+    overlapped = StreamEngine(copy.deepcopy(model), config, torch.device("cpu"), accumulation=2)
+    serial = StreamEngine(model, config, torch.device("cpu"), accumulation=2)
+    whole = [torch.nn.Parameter(p.detach().clone()) for p in serial.params]
+    deepspeed_adam = DeepSpeedCPUAdam(whole, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
+                                      weight_decay=config.optim.weight_decay, adamw_mode=True)
+    monkeypatch.setattr(overlapped.adam, "CHUNK", 1024)  # parameters in slices: the same bits
+
+    head, log = len(overlapped.units) - 1, []
+    next_forward_reached_layer_0 = threading.Event()
+    update_unit = overlapped.adam._update_unit
+
+    def recorded_update(k, settings):
+        if k == 0:
+            next_forward_reached_layer_0.clear()
+        if k == head:  # held until the next forward reaches layer 0: an engine whose forward waited for the
+            # whole step would time out here, then fail the order checks below
+            next_forward_reached_layer_0.wait(timeout=60)
+        update_unit(k, settings)
+        log.append(("updated", k))
+
+    monkeypatch.setattr(overlapped.adam, "_update_unit", recorded_update)
+
+    def record_forward(k):
+        def hook(module, args):
+            if not torch.is_grad_enabled():  # forward; backward recomputes a layer with grad enabled
+                log.append(("forward", k))
+                if k == 1:
+                    next_forward_reached_layer_0.set()
+        return hook
+
+    modules = [overlapped.module.model.embed_tokens, *overlapped.module.model.layers]
+    for k, module in enumerate(modules):
+        module.register_forward_pre_hook(record_forward(k))
+
+    for step in range(3):
+        for optimizer in (overlapped.optimizer, serial.optimizer, deepspeed_adam):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)  # as the loop does; the overlapped step is in flight
+        for micro in range(2):
+            inputs = micro_batch(10 * step + micro)
+            losses = []
+            for engine in (overlapped, serial):
+                out = engine(**inputs)
+                engine.backward(out.loss)
+                losses.append(out.loss)
+            assert torch.equal(*losses), (step, micro)
+            if micro == 1:  # the global batch's gradients, clipped as the engine does, to DeepSpeed's step()
+                factor = max(1.0, (serial.grads.norm().item() + 1e-6) / config.optim.grad_clip)
+                for param, source in zip(whole, serial.params):
+                    param.grad = source.grad.clone().div_(factor) if factor > 1 else source.grad.clone()
+                deepspeed_adam.step()
+            overlapped.step()
+            serial.step()
+            serial._finish_pending_step()
+    assert torch.equal(overlapped(**micro_batch(99)).loss, serial(**micro_batch(99)).loss)  # releases the last head
+
+    for a, b, c in zip(overlapped.module.parameters(), serial.module.parameters(), whole):
+        assert torch.equal(a, b) and torch.equal(b, c)
+    print(log)
+    for k in range(len(modules)):
+        forwards = [i for i, event in enumerate(log) if event == ("forward", k)]
+        assert len(forwards) == 7  # two micro-batches a step, and the last forward
+        for n, at in enumerate(forwards):  # step n // 2's forwards come after the unit's n // 2 updates, not more
+            assert log[:at].count(("updated", k)) == n // 2, (k, n)
+    layer_0 = [i for i, event in enumerate(log) if event == ("forward", 1)]
+    for step in (1, 2, 3):  # each step's first forward ran layer 0 while the head still had the step before to go
+        assert log[:layer_0[2 * step]].count(("updated", head)) == step - 1, step
+
+
+def test_an_error_in_the_background_optimizer_step_is_raised_in_the_training_thread(monkeypatch):
+    from solo.stream import StreamEngine
+
+    engine = StreamEngine(tiny_llama(), TrainConfig(), torch.device("cpu"), accumulation=1)
+
+    def broken_update(*args):
+        raise RuntimeError("the CPU Adam kernel failed")
+
+    monkeypatch.setattr(engine.optimizer, "ds_opt_adam", SimpleNamespace(adam_update=broken_update))
+    out = engine(**micro_batch(1))
+    engine.backward(out.loss)
+    engine.step()  # returns: the update runs on the background thread
+    with pytest.raises(RuntimeError, match="the CPU Adam kernel failed"):
+        engine(**micro_batch(2))  # waits for the embedding's update
+    with pytest.raises(RuntimeError, match="the CPU Adam kernel failed"):
+        engine.module  # and whatever reads the weights, again
 
 
 def token_rows(tokenizer_dir: Path, folder: Path) -> Path:
