@@ -325,10 +325,13 @@ def step_seconds(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, mic
 
     if s.engine == "stream":
         # solo/stream.py: per micro-batch every unit's fp32 weights come in for forward and again for backward,
-        # its gradients go out in the compute dtype; CPU Adam over every parameter each step, not overlapped.
+        # its gradients go out in the compute dtype. CPU Adam then updates every parameter a unit at a time,
+        # beside the next step's first forward, which takes each unit once it is updated (OverlappedAdam): it
+        # hides at most that forward, a quarter of a micro-batch's passes (forward, recompute, backward).
         link_bytes = accumulation * p * (2 * 4 + element)
         adam = p / (CPU_ADAM_PARAMS_PER_S_PER_CORE * adam_cores)
-        return max(compute, link_bytes / link) + adam
+        passes = max(compute, link_bytes / link)
+        return passes + adam - min(adam, passes / accumulation / 4)
 
     passes = 3 if s.activation_checkpointing else 2  # a ZeRO-3 layer is gathered for forward, backward (and recompute)
     link_bytes = nvme_bytes = peer_bytes = 0.0
