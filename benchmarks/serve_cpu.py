@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -131,16 +132,37 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
 
 
 def measure(model: Path, label: str, args: argparse.Namespace) -> dict:
+    """The engine alone, then the served app, `--repeats` times in turn: this machine's speed drifts
+    by ±10% over minutes, more than the overhead sought, so each served figure is set against the
+    engine's measured minutes before it, and the overhead is taken between medians. Ray and the app
+    are stopped while the engine runs alone. The first repetition measures the engine at every
+    level; later ones at the levels the served app is measured at."""
     levels = [int(x) for x in args.levels.split(",")]
     gateway_levels = [int(x) for x in args.gateway_levels.split(",") if x]
-    engine = bench_engine(model, levels, args.max_tokens, args.threads, args.rounds)
-    served = (bench_served(model, gateway_levels, args.max_tokens, args.threads, args.rounds, args.stream_interval)
-              if gateway_levels else [])
-    by_level = {r["concurrency"]: r for r in engine}
-    speedup = {c: round(by_level[c]["tokens_per_s"] / by_level[levels[0]]["tokens_per_s"], 2) for c in levels}
-    overhead = {s["concurrency"]: round(1 - s["tokens_per_s"] / by_level[s["concurrency"]]["tokens_per_s"], 3)
-                for s in served if s["concurrency"] in by_level}
-    return {"model": label, "engine": engine, "served": served, "speedup_vs_1_client": speedup,
+    repeats = []
+    for repeat in range(args.repeats if gateway_levels else 1):
+        engine = bench_engine(model, levels if repeat == 0 else gateway_levels, args.max_tokens, args.threads,
+                              args.rounds)
+        served = (bench_served(model, gateway_levels, args.max_tokens, args.threads, args.rounds,
+                               args.stream_interval) if gateway_levels else [])
+        repeats.append({"engine": engine, "served": served})
+        print(f"{label}, repetition {repeat + 1}/{args.repeats}: engine "
+              + ", ".join(f"{r['concurrency']} clients {r['tokens_per_s']} tok/s" for r in engine)
+              + "; served " + ", ".join(f"{r['concurrency']} clients {r['tokens_per_s']} tok/s" for r in served),
+              flush=True)
+
+    def median_tokens_per_s(path: str, concurrency: int) -> float:
+        return statistics.median(r["tokens_per_s"] for rep in repeats for r in rep[path]
+                                 if r["concurrency"] == concurrency)
+
+    engine = repeats[0]["engine"]
+    by_level = {r["concurrency"]: r["tokens_per_s"] for r in engine}
+    speedup = {c: round(by_level[c] / by_level[levels[0]], 2) for c in levels}
+    overhead = {c: round(1 - median_tokens_per_s("served", c) / median_tokens_per_s("engine", c), 3)
+                for c in gateway_levels if c in levels}
+    return {"model": label, "engine": engine, "repeats": repeats, "speedup_vs_1_client": speedup,
+            "median_tokens_per_s": {path: {c: median_tokens_per_s(path, c) for c in gateway_levels}
+                                    for path in ("engine", "served")} if gateway_levels else {},
             "gateway_overhead_tokens_per_s": overhead}
 
 
@@ -151,12 +173,20 @@ def table(run: dict) -> list[str]:
     for r in run["engine"]:
         lines.append(f"| engine | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | "
                      f"{run['speedup_vs_1_client'][r['concurrency']]} | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
-    for r in run["served"]:
+    for r in run["repeats"][0]["served"]:
         lines.append(f"| HTTP (Ray Serve) | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | | "
                      f"{r['ttft_p50_ms']} | {r['ttft_p99_ms']} |")
-    overhead = run["gateway_overhead_tokens_per_s"]
-    return lines + ["", "Gateway overhead (1 − served tok/s ÷ engine tok/s): "
-                    + ", ".join(f"{c} clients {100 * o:.1f}%" for c, o in overhead.items()), ""]
+    if not run["gateway_overhead_tokens_per_s"]:
+        return lines + [""]
+    lines += ["", "Output tokens/s in each repetition (engine alone, then served), and the overhead between medians:",
+              "", "| clients | engine alone | served over HTTP | overhead (1 − served ÷ engine) |", "|---:|---|---|---:|"]
+    for c, o in run["gateway_overhead_tokens_per_s"].items():
+        by_path = {path: [r["tokens_per_s"] for rep in run["repeats"] for r in rep[path] if r["concurrency"] == c]
+                   for path in ("engine", "served")}
+        medians = run["median_tokens_per_s"]
+        lines.append(f"| {c} | {', '.join(map(str, by_path['engine']))} (median {medians['engine'][c]}) | "
+                     f"{', '.join(map(str, by_path['served']))} (median {medians['served'][c]}) | {100 * o:.1f}% |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -171,6 +201,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="requests each client sends back to back")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, like a replica's num_cpus")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="times the engine alone and the served app are measured in turn")
     parser.add_argument("--stream-interval", type=int, default=ServeConfig().stream_interval,
                         help="tokens per streamed message after the first (ServeConfig.stream_interval)")
     args = parser.parse_args()
@@ -184,15 +216,17 @@ def main() -> None:
             model = build_model(Path(tmp) / preset, preset)
             runs.append(measure(model, f"random {preset} ({parameter_count_of(model) / 1e6:.1f}M parameters)", args))
     report = {**conditions.end(), "max_tokens": args.max_tokens, "threads": args.threads, "rounds": args.rounds,
+              "repeats": args.repeats,
               "stream_interval": args.stream_interval, "runs": runs}
 
     lines = [f"# CPU serving: {args.max_tokens} tokens a request, {args.threads} engine thread(s), "
              f"stream_interval {args.stream_interval}", "", conditions.sentence(), ""]
     for run in runs:
         lines += table(run)
-    lines += ["The gateway's cost is a fixed amount of CPU per request (Ray Serve's proxy, the gateway and the "
-              "hop to the model's replica, and the client parsing SSE, all on this machine's cores), so its "
-              "share shrinks as the engine's time per request grows."]
+    lines += ["Served, the engine runs in a process of its own (solo/serving/engine_process.py). The gateway's "
+              "cost is CPU per request and per streamed message (Ray Serve's proxy, the gateway, the model's "
+              "replica relaying the engine's tokens, and the client parsing SSE), on the same cores as the "
+              "engine, so its share shrinks as the engine's time per token grows."]
     record("serve_cpu", report, "\n".join(lines))
     print("\n".join(lines))
     for run in runs:

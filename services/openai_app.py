@@ -52,6 +52,9 @@ class LLMServer:
     def max_context(self) -> int:
         return self.engine.max_context
 
+    def check_health(self) -> None:  # Serve calls it periodically and replaces a replica it fails
+        self.engine.check_health()
+
     async def load(self) -> EngineLoad:
         return await self.engine.load()
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, DynamicCache, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, TokenLogprob
+from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, TokenLogprob, drain
 from solo.serving.grammar import Grammars
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,8 @@ class CpuEngine(Engine):
         self._waiting.append(sequence)
         self._wakeup.set()
         try:
-            while True:
-                delta = await sequence.out.get()
-                # A consumer that fell behind (a busy gateway, a slow client) takes every token
-                # waiting for it in one delta: one message per token would only fall further behind.
-                while not isinstance(delta, BaseException) and delta.finish_reason is None and not sequence.out.empty():
-                    more = sequence.out.get_nowait()
-                    delta = more if isinstance(more, BaseException) else delta + more
-                if isinstance(delta, BaseException):
-                    raise delta
+            async for delta in drain(sequence.out):
                 yield delta
-                if delta.finish_reason is not None:
-                    return
         finally:
             sequence.abandoned = True  # the scheduler drops it before its next step
 

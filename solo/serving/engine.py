@@ -7,6 +7,7 @@ remote Ray Serve replica, vLLM, a fake in a test) without the API noticing.
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -90,6 +91,25 @@ class Engine(abc.ABC):
     def retire(self) -> None:
         """No new generations are coming: free what the engine holds once the running ones end.
         Safe to call from any thread."""
+
+    def check_health(self) -> None:
+        """Raise if the engine can serve no more, so that Ray Serve replaces its replica."""
+
+
+async def drain(queue: asyncio.Queue) -> AsyncIterator[Delta]:
+    """The deltas an engine puts on `queue` (or the exception that ended the generation), until
+    the one with a finish reason. A consumer that fell behind (a busy gateway, a slow client)
+    takes every delta waiting for it as one: one message per token would only fall further behind."""
+    while True:
+        delta = await queue.get()
+        while not isinstance(delta, BaseException) and delta.finish_reason is None and not queue.empty():
+            more = queue.get_nowait()
+            delta = more if isinstance(more, BaseException) else delta + more
+        if isinstance(delta, BaseException):
+            raise delta
+        yield delta
+        if delta.finish_reason is not None:
+            return
 
 
 async def in_messages(deltas: AsyncIterator[Delta], min_tokens: int, max_delay_s: float,

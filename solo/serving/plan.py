@@ -126,7 +126,9 @@ def deployment_options(plan: ModelPlan, config: ServeConfig) -> dict[str, Any]:
         # replica on a node that has them free, so replicas spread over a cluster's GPUs.
         actor = {"num_cpus": 1, "num_gpus": settings.num_gpus}
     else:
-        actor = {"num_cpus": config.replica_cpus}
+        # Ray starts its workers at niceness 15, below its own daemons and any client on the
+        # machine; the CPU engine is this machine's serving path, so it runs at the default.
+        actor = {"num_cpus": config.replica_cpus, "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}}
     options: dict[str, Any] = {
         # The engine batches and queues what it is given; the gateway's max_queue bounds the
         # total, so Serve itself need not queue.
@@ -158,9 +160,9 @@ def build_engine(plan: ModelPlan, max_concurrent: int) -> Engine:
                           gpu_memory_utilization=memory,
                           adapter_ranks=[a.rank for a in plan.adapters] if plan.adapters else None,
                           max_loras=settings.max_adapters_per_replica)
-    from solo.serving.cpu_engine import CpuEngine
+    from solo.serving.engine_process import EngineProcess
 
-    return CpuEngine(plan.folder, max_concurrent)
+    return EngineProcess(plan.folder, max_concurrent)
 
 
 def replica_cpus_needed(plans: list[ModelPlan], config: ServeConfig) -> float:

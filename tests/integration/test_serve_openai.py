@@ -75,6 +75,20 @@ def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server[1], api_key=KEY, max_retries=0, timeout=60)
 
 
+def test_each_cpu_model_runs_in_an_engine_process_of_its_own_at_the_default_priority(server, tiny_model_dir):
+    import os
+
+    import psutil
+
+    engines = [p for p in psutil.process_iter(["cmdline"])
+               if "solo.serving.engine_process" in (p.info["cmdline"] or []) and any(
+                   str(tiny_model_dir) in arg or arg.endswith(TWIN) for arg in p.info["cmdline"])]
+    assert len(engines) == 2, "one for each model's replica"
+    assert all(" ".join(p.parent().cmdline()).startswith("ray::ServeReplica:solo:LLMServer") for p in engines)
+    # Ray starts its workers at niceness 15; the engines run at ours (the Ray daemons' and the clients').
+    assert [p.nice() for p in engines] == [os.getpriority(os.PRIO_PROCESS, 0)] * 2
+
+
 def test_base_url_and_models(server, client):
     config, url = server
     assert url == f"http://127.0.0.1:{config.port}/v1"

@@ -150,7 +150,8 @@ def plan_of(engine: str = "cpu", **settings) -> planning.ModelPlan:
 def test_deployment_options_map_replicas_autoscaling_and_gpus():
     config = ServeConfig(replica_cpus=2, max_queue=100)
     fixed = deployment_options(plan_of(replicas=3), config)
-    assert fixed == {"num_replicas": 3, "max_ongoing_requests": 100, "ray_actor_options": {"num_cpus": 2}}
+    assert fixed == {"num_replicas": 3, "max_ongoing_requests": 100, "ray_actor_options": {
+        "num_cpus": 2, "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}}}
     scaled = deployment_options(plan_of(autoscaling={"min_replicas": 0, "max_replicas": 4,
                                                      "target_ongoing_requests": 8}), config)
     assert "num_replicas" not in scaled
