@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,34 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     GenerationConfig(eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
                      max_new_tokens=256).save_pretrained(folder)
     return folder
+
+
+@dataclass(frozen=True)
+class TinyLora:
+    folder: Path  # a LoRA adapter on tiny_model_dir, in peft's format
+    prompt_ids: list[int]
+    expected: list[int]  # what the merged model decodes greedily from prompt_ids (12 tokens)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyLora:
+    """A LoRA adapter with random B matrices (peft starts them at zero), so it changes what the
+    model says, and the tokens the merged model decodes: what an engine serving it must produce."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(1)
+    lora = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("tiny-lora")
+    lora.save_pretrained(folder)
+    merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_model_dir),
+                                       str(folder)).merge_and_unload().eval()
+    prompt_ids = [5, 17, 42, 99, 7]
+    expected = merged.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=12, eos_token_id=None,
+                               min_new_tokens=12)[0, len(prompt_ids):].tolist()
+    return TinyLora(folder, prompt_ids, expected)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import socket
 from multiprocessing.connection import Connection
 
 import pytest
-import torch
 
 from solo.serving.cpu_engine import CpuEngine
 from solo.serving.engine import Delta, Engine, SamplingParams
@@ -66,22 +65,11 @@ def test_a_bad_request_raises_its_own_error_and_the_engine_goes_on(engine_proces
     engine_process.check_health()
 
 
-def test_an_adapter_is_merged_in_the_engine_process_and_retired_there(engine_process, tiny_model_dir, tmp_path):
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(1)
-    lora = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    lora.save_pretrained(tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                                       str(tmp_path / "adapter")).merge_and_unload().eval()
-    prompt_ids = PROMPTS[0]
-    expected = merged.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=12, eos_token_id=None,
-                               min_new_tokens=12)[0, len(prompt_ids):].tolist()
+def test_an_adapter_is_merged_in_the_engine_process_and_retired_there(engine_process, tiny_lora, tmp_path):
+    prompt_ids, expected = tiny_lora.prompt_ids, tiny_lora.expected
     greedy = SamplingParams(max_tokens=12, temperature=0)
 
-    tuned = engine_process.with_adapter("x", str(tmp_path / "adapter"))
+    tuned = engine_process.with_adapter("x", str(tiny_lora.folder))
     assert asyncio.run(collect(tuned, prompt_ids, greedy)).token_ids == expected
     assert asyncio.run(collect(engine_process, prompt_ids, greedy)).token_ids != expected, "the base stays itself"
     tuned.retire()

@@ -214,27 +214,15 @@ def test_the_gateway_routes_by_model_and_lists_adapters_with_their_parent(tokeni
 # ---------------------------------------------------------------- adapters on the CPU engine
 
 
-def test_a_cpu_adapter_engine_is_the_merged_model_and_stops_when_retired(tiny_model_dir, tmp_path):
+def test_a_cpu_adapter_engine_is_the_merged_model_and_stops_when_retired(tiny_model_dir, tiny_lora):
     import asyncio
-
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import LlamaForCausalLM
 
     from solo.serving.cpu_engine import CpuEngine
     from solo.serving.engine import SamplingParams
 
-    torch.manual_seed(1)
-    lora = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    lora.save_pretrained(tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                                       str(tmp_path / "adapter")).merge_and_unload().eval()
-    prompt_ids = [5, 17, 42, 99, 7]
-    expected = merged.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=12, eos_token_id=None,
-                               min_new_tokens=12)[0, len(prompt_ids):].tolist()
+    prompt_ids, expected = tiny_lora.prompt_ids, tiny_lora.expected
     base = CpuEngine(tiny_model_dir, max_concurrent=2, threads=1)
-    tuned = base.with_adapter("x", str(tmp_path / "adapter"))
+    tuned = base.with_adapter("x", str(tiny_lora.folder))
 
     async def run():
         greedy = SamplingParams(max_tokens=12, temperature=0)
