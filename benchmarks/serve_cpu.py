@@ -6,13 +6,16 @@ HTTP gateway (Ray Serve + the OpenAI layer, driven by the official client) costs
 
 Every request is the same chat prompt decoded greedily, so the engine and the served app produce
 the same tokens and their numbers compare like with like. The engine gets `--threads` cores, as a
-Serve replica with `num_cpus` of that many would. Results go to benchmarks/results/serve_cpu.{json,md}.
+Serve replica with `num_cpus` of that many would. Served, it also records the CPU time each request
+cost each process on its way (proxy, gateway, model replica, engine, client): what the overhead is
+made of. Results go to benchmarks/results/serve_cpu.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import statistics
 import tempfile
@@ -94,6 +97,29 @@ def bench_engine(model: Path, levels: list[int], max_tokens: int, threads: int, 
     return asyncio.run(run_all())
 
 
+# The processes a served request passes through, by the start of their command line.
+SERVING_ROLES = {"proxy": "ray::ProxyActor", "gateway": "ray::ServeReplica:solo:Gateway",
+                 "model replica": "ray::ServeReplica:solo:LLMServer"}
+
+
+def serving_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each process a served request passes through: Ray Serve's proxy,
+    the gateway, the model's replica, its engine process, and this one, the client."""
+    import psutil
+
+    used = {role: 0.0 for role in [*SERVING_ROLES, "engine", "client"]}
+    for process in psutil.process_iter(["cmdline", "cpu_times"]):
+        command = process.info["cmdline"] or [""]
+        role = next((r for r, prefix in SERVING_ROLES.items() if command[0].startswith(prefix)), None)
+        if role is None and "solo.serving.engine_process" in command:
+            role = "engine"
+        if process.pid == os.getpid():
+            role = "client"
+        if role is not None and process.info["cpu_times"] is not None:
+            used[role] += process.info["cpu_times"].user + process.info["cpu_times"].system
+    return used
+
+
 def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int,
                  stream_interval: int) -> list[dict]:
     import openai
@@ -122,9 +148,17 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
                     n = chunk.usage.completion_tokens
             return ttft or time.perf_counter() - start, n
 
+        async def measured(concurrency: int) -> dict:
+            before = serving_cpu_seconds()
+            result = await drive(concurrency, rounds, one_request)
+            after = serving_cpu_seconds()
+            result["cpu_ms_per_request"] = {role: round(1000 * (after[role] - before[role]) / result["requests"], 1)
+                                            for role in before}
+            return result
+
         async def run_all():
             await drive(1, 1, one_request)
-            results = [await drive(c, rounds, one_request) for c in levels]
+            results = [await measured(c) for c in levels]
             await client.close()
             return results
 
@@ -186,6 +220,14 @@ def table(run: dict) -> list[str]:
         medians = run["median_tokens_per_s"]
         lines.append(f"| {c} | {', '.join(map(str, by_path['engine']))} (median {medians['engine'][c]}) | "
                      f"{', '.join(map(str, by_path['served']))} (median {medians['served'][c]}) | {100 * o:.1f}% |")
+    roles = list(run["repeats"][0]["served"][0]["cpu_ms_per_request"])
+    lines += ["", "CPU milliseconds each served request cost each process (median over the repetitions): the "
+              "engine's is the model's work, the others' the serving path's and the client's:", "",
+              "| clients | " + " | ".join(roles) + " |", "|---:|" + "---:|" * len(roles)]
+    for c in run["gateway_overhead_tokens_per_s"]:
+        costs = [r["cpu_ms_per_request"] for rep in run["repeats"] for r in rep["served"] if r["concurrency"] == c]
+        lines.append(f"| {c} | " + " | ".join(str(statistics.median(cost[role] for cost in costs)) for role in roles)
+                     + " |")
     return lines + [""]
 
 
@@ -223,10 +265,11 @@ def main() -> None:
              f"stream_interval {args.stream_interval}", "", conditions.sentence(), ""]
     for run in runs:
         lines += table(run)
-    lines += ["Served, the engine runs in a process of its own (solo/serving/engine_process.py). The gateway's "
-              "cost is CPU per request and per streamed message (Ray Serve's proxy, the gateway, the model's "
-              "replica relaying the engine's tokens, and the client parsing SSE), on the same cores as the "
-              "engine, so its share shrinks as the engine's time per token grows."]
+    lines += ["Served, the engine runs in a process of its own (solo/serving/engine_process.py) and Ray Serve in "
+              "its throughput mode (solo.runtime.worker_env). The serving path costs CPU per request and per "
+              "streamed message (Ray Serve's proxy, the gateway, the model's replica relaying the engine's tokens; "
+              "and the client parsing SSE), on the same cores as the engine: its share of the throughput is small "
+              "where a request's engine work is large, and most of it where that work is a few milliseconds."]
     record("serve_cpu", report, "\n".join(lines))
     print("\n".join(lines))
     for run in runs:

@@ -33,6 +33,15 @@ def worker_env() -> dict[str, str]:
         # torch.distributed deprecation notices from inside DeepSpeed, once per call: noise, not news.
         "PYTHONWARNINGS": "ignore::FutureWarning",
         "TRANSFORMERS_VERBOSITY": "error",
+        # Ray Serve's documented high-throughput mode: gRPC between the proxy, the gateway and the
+        # model's replica, and user code on each replica's own event loop instead of a thread of
+        # its own. A streamed message then costs the serving path a fraction of the CPU, which on
+        # a few cores is the engine's (benchmarks/results/serve_cpu.md). Less two of its parts:
+        # direct ingress, which here served fewer tokens/s than the proxy and holds the ingress
+        # for 30 s at every shutdown, and the silencing of replica logs on the console.
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+        "RAY_SERVE_LOG_TO_STDERR": "1",
     }
     if not cuda_available():
         env["DS_ACCELERATOR"] = "cpu"

@@ -89,6 +89,19 @@ def test_each_cpu_model_runs_in_an_engine_process_of_its_own_at_the_default_prio
     assert [p.nice() for p in engines] == [os.getpriority(os.PRIO_PROCESS, 0)] * 2
 
 
+def test_serve_runs_in_its_throughput_mode_behind_its_proxy(server):
+    """`solo.runtime.worker_env` puts Ray Serve in its throughput mode, less direct ingress: without
+    it the serving path spends the CPU a few-core machine's engine needs."""
+    import psutil
+
+    serving = [p for p in psutil.process_iter(["cmdline"])
+               if (p.info["cmdline"] or [""])[0].startswith(("ray::ProxyActor", "ray::ServeReplica:solo:"))]
+    assert len(serving) == 4, "the proxy, the gateway and the two models' replicas"
+    for process in serving:
+        env = process.environ()
+        assert (env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED"), env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS")) == ("1", "0")
+
+
 def test_base_url_and_models(server, client):
     config, url = server
     assert url == f"http://127.0.0.1:{config.port}/v1"
