@@ -20,7 +20,7 @@ def cuda_available() -> bool:
 def worker_env() -> dict[str, str]:
     """Variables every Ray worker needs: the checkout relative config paths start from, where
     compiled DeepSpeed ops are cached (built once per machine, not once per job), the artifact
-    store, and DeepSpeed's CPU accelerator without a GPU."""
+    store, DeepSpeed's CPU accelerator without a GPU, and the mode Ray Serve runs in."""
     from solo.config import checkout_root
 
     env = {
@@ -35,10 +35,10 @@ def worker_env() -> dict[str, str]:
         "TRANSFORMERS_VERBOSITY": "error",
         # Ray Serve's documented high-throughput mode: gRPC between the proxy, the gateway and the
         # model's replica, and user code on each replica's own event loop instead of a thread of
-        # its own. A streamed message then costs the serving path a fraction of the CPU, which on
-        # a few cores is the engine's (benchmarks/results/serve_cpu.md). Less two of its parts:
-        # direct ingress, which here served fewer tokens/s than the proxy and holds the ingress
-        # for 30 s at every shutdown, and the silencing of replica logs on the console.
+        # its own. The serving path then takes less of the CPU that, on a few cores, the engine
+        # needs (benchmarks/results/serve_cpu.md). Less two of its parts: direct ingress, which
+        # served no faster here and holds the ingress replica for 30 s at every shutdown, and the
+        # silencing of replica logs on the console.
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
         "RAY_SERVE_LOG_TO_STDERR": "1",
