@@ -165,6 +165,11 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
         return asyncio.run(run_all())
 
 
+def at_level(repeats: list[dict], path: str, concurrency: int) -> list[dict]:
+    """The results of `path` ("engine" or "served") at `concurrency` clients, one per repetition."""
+    return [r for rep in repeats for r in rep[path] if r["concurrency"] == concurrency]
+
+
 def measure(model: Path, label: str, args: argparse.Namespace) -> dict:
     """The engine alone, then the served app, `--repeats` times in turn: this machine's speed drifts
     by ±10% over minutes, more than the overhead sought, so each served figure is set against the
@@ -186,8 +191,7 @@ def measure(model: Path, label: str, args: argparse.Namespace) -> dict:
               flush=True)
 
     def median_tokens_per_s(path: str, concurrency: int) -> float:
-        return statistics.median(r["tokens_per_s"] for rep in repeats for r in rep[path]
-                                 if r["concurrency"] == concurrency)
+        return statistics.median(r["tokens_per_s"] for r in at_level(repeats, path, concurrency))
 
     engine = repeats[0]["engine"]
     by_level = {r["concurrency"]: r["tokens_per_s"] for r in engine}
@@ -215,8 +219,7 @@ def table(run: dict) -> list[str]:
     lines += ["", "Output tokens/s in each repetition (engine alone, then served), and the overhead between medians:",
               "", "| clients | engine alone | served over HTTP | overhead (1 − served ÷ engine) |", "|---:|---|---|---:|"]
     for c, o in run["gateway_overhead_tokens_per_s"].items():
-        by_path = {path: [r["tokens_per_s"] for rep in run["repeats"] for r in rep[path] if r["concurrency"] == c]
-                   for path in ("engine", "served")}
+        by_path = {path: [r["tokens_per_s"] for r in at_level(run["repeats"], path, c)] for path in ("engine", "served")}
         medians = run["median_tokens_per_s"]
         lines.append(f"| {c} | {', '.join(map(str, by_path['engine']))} (median {medians['engine'][c]}) | "
                      f"{', '.join(map(str, by_path['served']))} (median {medians['served'][c]}) | {100 * o:.1f}% |")
@@ -225,7 +228,7 @@ def table(run: dict) -> list[str]:
               "engine's is the model's work, the others' the serving path's and the client's:", "",
               "| clients | " + " | ".join(roles) + " |", "|---:|" + "---:|" * len(roles)]
     for c in run["gateway_overhead_tokens_per_s"]:
-        costs = [r["cpu_ms_per_request"] for rep in run["repeats"] for r in rep["served"] if r["concurrency"] == c]
+        costs = [r["cpu_ms_per_request"] for r in at_level(run["repeats"], "served", c)]
         lines.append(f"| {c} | " + " | ".join(str(statistics.median(cost[role] for cost in costs)) for role in roles)
                      + " |")
     return lines + [""]
