@@ -1,7 +1,7 @@
 """CPU serving throughput: the batching engine at 1, 4, 16 and 64 concurrent clients, and what the
 HTTP gateway (Ray Serve + the OpenAI layer, driven by the official client) costs on top.
 
-    .venv/bin/python -m benchmarks.serve_cpu                  # random `demo` and `125m` Llamas, built here
+    .venv/bin/python -m benchmarks.serve_cpu                  # random `demo`, `125m` and `350m` Llamas, built here
     .venv/bin/python -m benchmarks.serve_cpu --model PATH     # any exported HF folder
 
 Every request is the same chat prompt decoded greedily, so the engine and the served app produce
@@ -16,61 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.record import Conditions, record
-
-QUESTION = [{"role": "user", "content": "What does json.dumps do? Explain with an example."}]
-
-
-def build_model(folder: Path, preset: str) -> Path:
-    """A random Llama with solo's tokenizer: the speed of a model does not depend on its training."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from solo import corpus
-    from solo.model import llama_config
-    from solo.tokenizer import stop_token_ids, train_bpe
-
-    tok = train_bpe((doc["text"] for doc in corpus.documents(max_documents=300)), vocab_size=4096, min_frequency=2)
-    config = llama_config(preset, vocab_size=len(tok), seq_len=1024, eos_token_id=stop_token_ids(tok))
-    config.initializer_range = 0.1  # varied output, as in the tests
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def summarize(concurrency: int, wall: float, ttfts: list[float], tokens: int) -> dict:
-    return {"concurrency": concurrency, "requests": len(ttfts), "output_tokens": tokens, "wall_s": round(wall, 3),
-            "tokens_per_s": round(tokens / wall, 1), "ttft_p50_ms": round(1000 * percentile(ttfts, 50), 1),
-            "ttft_p99_ms": round(1000 * percentile(ttfts, 99), 1)}
-
-
-async def drive(concurrency: int, requests_per_client: int, one_request) -> dict:
-    """`concurrency` clients, each sending its requests back to back; `one_request` returns
-    (time to first token, output tokens)."""
-    ttfts, tokens = [], 0
-
-    async def client():
-        nonlocal tokens
-        for _ in range(requests_per_client):
-            ttft, n = await one_request()
-            ttfts.append(ttft)
-            tokens += n
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return summarize(concurrency, time.perf_counter() - start, ttfts, tokens)
+from benchmarks.serving_load import QUESTION, build_model, drive, free_port, load_levels, parameter_count_of
 
 
 def bench_engine(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int) -> list[dict]:
@@ -122,47 +74,14 @@ def serving_cpu_seconds() -> dict[str, float]:
 
 def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int,
                  stream_interval: int) -> list[dict]:
-    import openai
-
     from solo.config import ServeConfig
     from solo.serving.run import serving
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = ServeConfig(model=str(model), name="bench", port=port, max_concurrent=max(levels),
+    config = ServeConfig(model=str(model), name="bench", port=free_port(), max_concurrent=max(levels),
                          replica_cpus=threads, max_queue=4 * max(levels), rate_limit_rpm=0,
                          stream_interval=stream_interval)
     with serving(config) as url:
-        client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
-
-        async def one_request():
-            start, ttft, n = time.perf_counter(), None, 0
-            stream = await client.chat.completions.create(
-                model="bench", messages=QUESTION, max_tokens=max_tokens, temperature=0, stream=True,
-                stream_options={"include_usage": True})
-            async for chunk in stream:
-                if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-                    ttft = time.perf_counter() - start
-                if chunk.usage:
-                    n = chunk.usage.completion_tokens
-            return ttft or time.perf_counter() - start, n
-
-        async def measured(concurrency: int) -> dict:
-            before = serving_cpu_seconds()
-            result = await drive(concurrency, rounds, one_request)
-            after = serving_cpu_seconds()
-            result["cpu_ms_per_request"] = {role: round(1000 * (after[role] - before[role]) / result["requests"], 1)
-                                            for role in before}
-            return result
-
-        async def run_all():
-            await drive(1, 1, one_request)
-            results = [await measured(c) for c in levels]
-            await client.close()
-            return results
-
-        return asyncio.run(run_all())
+        return load_levels(url, "bench", levels, max_tokens, rounds, cpu_seconds=serving_cpu_seconds)
 
 
 def at_level(repeats: list[dict], path: str, concurrency: int) -> list[dict]:
@@ -239,7 +158,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported HF folder; default: random Llamas built here")
-    parser.add_argument("--presets", default="demo,125m",
+    parser.add_argument("--presets", default="demo,125m,350m",
                         help="model sizes to build when no --model is given (solo.model.PRESETS)")
     parser.add_argument("--levels", default="1,4,16,64", help="concurrent clients")
     parser.add_argument("--gateway-levels", default="1,16", help="levels at which to measure the served app")
@@ -279,14 +198,6 @@ def main() -> None:
         if 16 in run["speedup_vs_1_client"]:
             print(f"{run['model']}: 16 clients / 1 client tokens/s {run['speedup_vs_1_client'][16]}x (goal >= 4x), "
                   f"gateway overhead {run['gateway_overhead_tokens_per_s']} (goal <= 0.10)")
-
-
-def parameter_count_of(folder: Path) -> int:
-    from transformers import AutoConfig
-
-    from solo.model import parameter_count
-
-    return parameter_count(AutoConfig.from_pretrained(folder))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 ResolvedEngine = Literal["cpu", "vllm"]
 
+# The share of a GPU's memory vLLM may take (its own default), split between replicas packed onto one.
+GPU_MEMORY_SHARE = 0.9
+
 
 def pick_engine(requested: str) -> ResolvedEngine:
     """`auto`: vLLM where torch sees a CUDA GPU and vLLM imports, else the CPU engine. Decided on
@@ -155,7 +158,7 @@ def build_engine(plan: ModelPlan, max_concurrent: int) -> Engine:
 
         settings = plan.settings
         # Replicas packed onto one GPU must leave each other room: each takes its share.
-        memory = 0.9 * min(1.0, settings.num_gpus)
+        memory = GPU_MEMORY_SHARE * min(1.0, settings.num_gpus)
         return VllmEngine(plan.folder, tensor_parallel_size=settings.tensor_parallel_size(),
                           gpu_memory_utilization=memory,
                           adapter_ranks=[a.rank for a in plan.adapters] if plan.adapters else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -49,9 +50,13 @@ def _client_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _wait_until_healthy(root: str, timeout_s: float) -> None:
+def wait_until_healthy(root: str, timeout_s: float, server: subprocess.Popen | None = None) -> None:
+    """Return once `root`/health answers 200. With `server`, the process that serves it: its exit
+    ends the wait at once."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if server is not None and server.poll() is not None:
+            raise SoloError(f"the server exited with code {server.returncode} before it answered on {root}/health")
         try:
             with urllib.request.urlopen(f"{root}/health", timeout=5) as response:
                 if response.status == 200:
@@ -131,7 +136,7 @@ def serving(config: ServeConfig) -> Iterator[str]:
             except Exception as e:
                 last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise SoloError(f"the model server failed to start: {last_line}") from None
-            _wait_until_healthy(root, READY_TIMEOUT_S)
+            wait_until_healthy(root, READY_TIMEOUT_S)
             yield f"{root}/v1"
         finally:
             serve.shutdown()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -21,7 +23,7 @@ from solo.errors import SoloError
 from solo.serving import plan as planning
 from solo.serving.gateway import ServedModel, build_gateway
 from solo.serving.plan import deployment_options, pick_engine, plan_models, replica_cpus_needed
-from solo.serving.run import check_resources
+from solo.serving.run import check_resources, wait_until_healthy
 from solo.serving.vllm_engine import max_lora_rank, to_delta
 from tests.unit.test_gateway import USER, FakeEngine
 
@@ -173,6 +175,16 @@ def test_resources_are_checked_before_serve_waits_for_them_forever():
         check_resources(plans, config, {"CPU": 2}, {"CPU": 2, "GPU": 1})
     with pytest.raises(SoloError, match="1 GPUs a replica and the Ray cluster has 0"):
         check_resources(plans, config, {"CPU": 3}, {"CPU": 3})
+
+
+def test_waiting_for_a_server_ends_when_its_process_exits():
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        root = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    server = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    # Not the timeout's error, which would say it "did not answer within 3600s".
+    with pytest.raises(SoloError, match=f"exited with code 3 before it answered on {root}/health"):
+        wait_until_healthy(root, timeout_s=3600, server=server)
 
 
 # ---------------------------------------------------------------- the gateway over several models
