@@ -65,7 +65,8 @@ def engine_flags() -> list[str]:
 def vllm_alone(model: Path, log: Path) -> Iterator[str]:
     """vLLM's own OpenAI server on `model`, stopped (by its pid) on the way out."""
     port = free_port()
-    command = [str(Path(sys.executable).with_name("vllm")), "serve", str(model), "--host", "127.0.0.1",
+    # `vllm serve`, run by this interpreter, as vLLM's console script does.
+    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--served-model-name", "bench", *engine_flags(), "--disable-uvicorn-access-log"]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
