@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from benchmarks.record import Conditions, record
-from benchmarks.serving_load import QUESTION, build_model, drive, free_port, load_levels, parameter_count_of
+from benchmarks.serving_load import QUESTION, at_level, build_model, drive, load_levels, parameter_count_of
+from solo.runtime import free_port
 
 
 def bench_engine(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int) -> list[dict]:
@@ -82,11 +83,6 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
                          stream_interval=stream_interval)
     with serving(config) as url:
         return load_levels(url, "bench", levels, max_tokens, rounds, cpu_seconds=serving_cpu_seconds)
-
-
-def at_level(repeats: list[dict], path: str, concurrency: int) -> list[dict]:
-    """The results of `path` ("engine" or "served") at `concurrency` clients, one per repetition."""
-    return [r for rep in repeats for r in rep[path] if r["concurrency"] == concurrency]
 
 
 def measure(model: Path, label: str, args: argparse.Namespace) -> dict:

@@ -28,8 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.record import Conditions, record
-from benchmarks.serving_load import build_model, free_port, load_levels, parameter_count_of
+from benchmarks.serving_load import at_level, build_model, load_levels, parameter_count_of
 from solo.errors import SoloError
+from solo.runtime import free_port
 from solo.serving.run import wait_until_healthy
 
 PATHS = ("vllm", "solo")
@@ -113,7 +114,7 @@ def measure(model: Path, label: str, args: argparse.Namespace, logs: Path) -> di
             for path in PATHS), flush=True)
 
     def median(path: str, concurrency: int) -> float:
-        return statistics.median(r["tokens_per_s"] for rep in repeats for r in rep[path] if r["concurrency"] == concurrency)
+        return statistics.median(r["tokens_per_s"] for r in at_level(repeats, path, concurrency))
 
     medians = {path: {c: median(path, c) for c in args.levels} for path in PATHS}
     return {"model": label, "repeats": repeats, "median_tokens_per_s": medians,
@@ -125,9 +126,9 @@ def table(run: dict, levels: list[int]) -> list[str]:
              "TTFT p50 ms | TTFT p99 ms |", "|---:|---|---|---:|---:|"]
     for c in levels:
         for path in PATHS:
-            at_level = [r for rep in run["repeats"] for r in rep[path] if r["concurrency"] == c]
-            middle = sorted(at_level, key=lambda r: r["tokens_per_s"])[len(at_level) // 2]
-            lines.append(f"| {c} | {TITLES[path]} | {', '.join(str(r['tokens_per_s']) for r in at_level)} "
+            results = at_level(run["repeats"], path, c)
+            middle = sorted(results, key=lambda r: r["tokens_per_s"])[len(results) // 2]
+            lines.append(f"| {c} | {TITLES[path]} | {', '.join(str(r['tokens_per_s']) for r in results)} "
                          f"({run['median_tokens_per_s'][path][c]}) | {middle['ttft_p50_ms']} | {middle['ttft_p99_ms']} |")
     lines += ["", "| clients | solo ÷ vLLM alone, output tokens/s (goal ≥ 0.9) |", "|---:|---:|"]
     lines += [f"| {c} | {ratio} |" for c, ratio in run["solo_over_vllm"].items()]

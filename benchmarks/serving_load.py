@@ -5,7 +5,6 @@ taken from it (output tokens/s, time to first token)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -42,10 +41,10 @@ def parameter_count_of(folder: Path) -> int:
     return parameter_count(AutoConfig.from_pretrained(folder))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def at_level(repeats: list[dict], path: str, concurrency: int) -> list[dict]:
+    """The results of `path` (a key of each repetition, such as "engine" or "served") at
+    `concurrency` clients, one per repetition."""
+    return [r for rep in repeats for r in rep[path] if r["concurrency"] == concurrency]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -21,7 +21,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from solo.config import REPO_ROOT, ServeConfig, TrainConfig, load_config
 from solo.entry import main_guard
 from solo.errors import SoloError
 from solo.planner import DEFAULT_GPU, HOST_CORES, PCIE_GBPS
-from solo.runtime import cluster_file, path_with_this_environment_first, worker_env
+from solo.runtime import cluster_file, free_port, path_with_this_environment_first, worker_env
 from solo.store import RunStore, solo_home
 from solo.train import PEAK_TFLOPS
 
@@ -52,12 +51,6 @@ def _ray_env() -> dict[str, str]:
     # Jobs run `python`: make it this environment's, whatever PATH the caller had.
     env["PATH"] = path_with_this_environment_first(env.get("PATH", ""))
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _ray_cli() -> str:
@@ -93,7 +86,7 @@ def up(num_cpus: int | None, num_gpus: int | None, port: int, dashboard_port: in
     # The job agent's HTTP port is fixed by default (52365): any other Ray on this machine would
     # hold it, and jobs could never be submitted. A free one avoids that.
     command = [_ray_cli(), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={_free_port()}",
+               f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
                "--disable-usage-stats"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")

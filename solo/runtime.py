@@ -48,6 +48,15 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def path_with_this_environment_first(path: str) -> str:
     """PATH with this Python environment's bin folder first (unchanged if it already is)."""
     bin_dir = str(Path(sys.executable).parent)
@@ -89,13 +98,9 @@ def build_deepspeed_ops(training: bool = True, nvme: bool = True) -> None:
 def join_one_process_group(cuda: bool) -> None:
     """Make this process the only rank of a torch.distributed group, so `solo.train.train_worker`
     runs in it as under a one-process `deepspeed` launch: for benchmarks and tests."""
-    import socket
-
     import deepspeed
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it whenever one is built
     use_this_environments_ninja()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,

@@ -5,7 +5,6 @@ stages it affects, and the exported model answering the official `openai` client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from solo.config import REPO_ROOT
 from solo.pipeline import STAGES
+from solo.runtime import free_port
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -30,12 +30,6 @@ SMALLEST = [
     "finetune.max_steps=4", "finetune.log_every=2", "finetune.eval_every=4", "finetune.checkpoint_every=4",
     "finetune.max_examples=300", "evaluate.max_documents=4", "evaluate.max_new_tokens=8", "evaluate.max_questions=8",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sets(overrides):

@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 
 from solo.config import ServeConfig
 from solo.errors import SoloError
+from solo.runtime import free_port
 from solo.serving.run import serving
 
 pytestmark = pytest.mark.integration
@@ -29,12 +29,6 @@ QUESTION = [{"role": "user", "content": "What does json.dumps do?"}]
 KEY = "sk-test-only"
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
     "type": "object", "properties": {"q": {"type": "string"}}}}}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -22,3 +22,15 @@ def test_op_builds_find_this_environments_ninja_whatever_path_the_process_had(mo
     use_this_environments_ninja()
     # What torch.utils.cpp_extension runs to build an op: `ninja`, looked up on PATH.
     assert shutil.which("ninja") == str(Path(BIN) / "ninja")  # pip's, a DeepSpeed dependency
+
+
+def test_the_runtime_env_file_for_plain_ray_job_submit_sets_what_solo_submit_does():
+    import yaml
+
+    from solo.config import REPO_ROOT
+    from solo.runtime import worker_env
+
+    written = yaml.safe_load((REPO_ROOT / "cluster" / "runtime_env.yaml").read_text())["env_vars"]
+    # Paths and the accelerator differ by machine: `solo up` and cluster/join.sh set those.
+    machine_specific = {"SOLO_CHECKOUT", "TORCH_EXTENSIONS_DIR", "SOLO_HOME", "DS_ACCELERATOR"}
+    assert written == {key: value for key, value in worker_env().items() if key not in machine_specific}

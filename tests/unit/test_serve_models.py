@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import types
@@ -23,6 +22,7 @@ from solo.errors import SoloError
 from solo.serving import plan as planning
 from solo.serving.gateway import ServedModel, build_gateway
 from solo.serving.plan import deployment_options, pick_engine, plan_models, replica_cpus_needed
+from solo.runtime import free_port
 from solo.serving.run import check_resources, wait_until_healthy
 from solo.serving.vllm_engine import max_lora_rank, to_delta
 from tests.unit.test_gateway import USER, FakeEngine
@@ -178,9 +178,7 @@ def test_resources_are_checked_before_serve_waits_for_them_forever():
 
 
 def test_waiting_for_a_server_ends_when_its_process_exits():
-    with socket.socket() as unused:  # a port nothing listens on
-        unused.bind(("127.0.0.1", 0))
-        root = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    root = f"http://127.0.0.1:{free_port()}"
     server = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     # Not the timeout's error, which would say it "did not answer within 3600s".
     with pytest.raises(SoloError, match=f"exited with code 3 before it answered on {root}/health"):
