@@ -95,16 +95,22 @@ def build_deepspeed_ops(training: bool = True, nvme: bool = True) -> None:
     print(f"DeepSpeed ops ready in {torch_extensions_dir()}", flush=True)
 
 
+def init_deepspeed_group(cuda: bool, **rendezvous) -> None:
+    """torch.distributed as DeepSpeed wants it: NCCL between GPUs, gloo between CPUs. Without
+    `rendezvous`, the ranks are those the launcher (Ray Train, `deepspeed`, `torchrun`) put in the
+    environment. Ops DeepSpeed builds from here on use this environment's ninja."""
+    use_this_environments_ninja()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", **rendezvous)
+
+
 def join_one_process_group(cuda: bool) -> None:
     """Make this process the only rank of a torch.distributed group, so `solo.train.train_worker`
     runs in it as under a one-process `deepspeed` launch: for benchmarks and tests."""
-    import deepspeed
-
-    port = free_port()
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it whenever one is built
-    use_this_environments_ninja()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                               init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    init_deepspeed_group(cuda, auto_mpi_discovery=False, init_method=f"tcp://127.0.0.1:{free_port()}",
+                         rank=0, world_size=1)
 
 
 def wait_for_all_ranks() -> None:

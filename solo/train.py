@@ -481,18 +481,15 @@ class MetricsLog:
 
 
 def _ray_worker_entry(loop_config: dict) -> None:
-    from solo.runtime import use_this_environments_ninja
+    from solo.runtime import init_deepspeed_group
 
-    use_this_environments_ninja()
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda(loop_config["job"].config) else "gloo")
+    init_deepspeed_group(use_cuda(loop_config["job"].config))
     train_worker(loop_config["job"], RaySink())
 
 
 def start_launched(config: TrainConfig) -> None:
     """torch.distributed from the `deepspeed`/`torchrun` launcher's environment, for a run without Ray."""
-    from solo.runtime import use_this_environments_ninja, worker_env
+    from solo.runtime import init_deepspeed_group, worker_env
 
     world = int(os.environ["WORLD_SIZE"])
     if world != config.workers:
@@ -502,10 +499,7 @@ def start_launched(config: TrainConfig) -> None:
     # set before DeepSpeed is imported, since it picks its accelerator then.
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
-    use_this_environments_ninja()
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda(config) else "gloo")
+    init_deepspeed_group(use_cuda(config))
 
 
 def run_training(job: TrainJob) -> dict:
