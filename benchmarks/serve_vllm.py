@@ -15,7 +15,7 @@ engine settings solo's replica uses (memory share, sequences, dtype, prefix cach
 the machine to itself in turn, alternated `--repeats` times, and both answer the same streamed chat
 question, decoded greedily, from the same clients (benchmarks/serving_load.py). The figure is
 solo's output tokens/s over vLLM's at each level, between medians (goal >= 0.9). Results go to
-benchmarks/results/serve_vllm.{json,md}.
+benchmarks/results/serve_vllm.{json,md} (serve_vllm_cpu on vLLM's CPU build).
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def missing_requirements() -> str | None:
     return None
 
 
-# What each device's run measures by default, and where its results go.
-DEFAULTS = {"cuda": {"preset": "1.3b", "levels": [1, 16, 64, 256], "max_tokens": 256, "results": "serve_vllm"},
-            "cpu": {"preset": "125m", "levels": [1, 16], "max_tokens": 64, "results": "serve_vllm_cpu"}}
+# What each device's run measures unless told, and where its results go.
+DEFAULTS = {"cuda": {"preset": "1.3b", "levels": [1, 16, 64, 256], "max_tokens": 256},
+            "cpu": {"preset": "125m", "levels": [1, 16], "max_tokens": 64}}
+RESULTS = {"cuda": "serve_vllm", "cpu": "serve_vllm_cpu"}
 
 
 def engine_flags(device: str) -> list[str]:
@@ -163,7 +164,7 @@ def main() -> None:
         sys.exit(2)
     device = vllm_device()
     for name, value in DEFAULTS[device].items():
-        if getattr(args, name, None) is None:
+        if getattr(args, name) is None:
             setattr(args, name, value)
     conditions = Conditions()
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +183,7 @@ def main() -> None:
               "repeats": args.repeats, "run": run}
     lines = [f"# vLLM served by solo against vLLM alone: {args.max_tokens} tokens a request, {hardware}", "",
              conditions.sentence(), "", *table(run, args.levels)]
-    record(args.results, report, "\n".join(lines))
+    record(RESULTS[device], report, "\n".join(lines))
     print("\n".join(lines))
 
 

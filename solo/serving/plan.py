@@ -125,7 +125,7 @@ def plan_models(config: ServeConfig) -> list[ModelPlan]:
 
 def deployment_options(plan: ModelPlan, config: ServeConfig) -> dict[str, Any]:
     """Ray Serve options of a model's `LLMServer` deployment: its replicas (fixed or autoscaled),
-    and what each replica takes, a share of a GPU for vLLM, cores for the CPU engine."""
+    and what each replica takes: a share of a GPU for vLLM on GPUs, cores for an engine on CPUs."""
     settings = plan.settings
     if plan.engine == "vllm" and settings.num_gpus:
         # A fraction of a GPU lets Serve pack replicas onto one; whole GPUs let it place each
