@@ -535,7 +535,7 @@ class ServeConfig(Schema):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     engine: EngineKind = Field(default="auto", description=(
-        "auto: vllm where torch sees a CUDA GPU and vLLM is installed, else cpu"))
+        "auto: vllm where it is installed and finds a CUDA GPU, else cpu"))
     max_new_tokens: int = Field(default=256, ge=1, description="default max_tokens when a request sets none")
     max_concurrent: int = Field(default=16, ge=1, description=(
         "sequences the CPU engine decodes in one batch (vLLM schedules its own, up to 256)"))

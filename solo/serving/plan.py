@@ -5,7 +5,6 @@ options of its `LLMServer` deployment. Plain data, so it is checked (and unit-te
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -29,22 +28,14 @@ CPU_MEMORY_SHARE = 0.25
 
 
 def pick_engine(requested: str) -> ResolvedEngine:
-    """`auto`: vLLM where torch sees a CUDA GPU and vLLM imports, else the CPU engine. Decided on
-    the machine that runs `solo serve`: on a cluster whose GPUs are elsewhere, ask for vllm."""
+    """`auto`: vLLM where it can run on a CUDA GPU, else the CPU engine (which outruns vLLM's CPU
+    build on a machine without AVX-512: README). Decided on the machine that runs `solo serve`: on
+    a cluster whose GPUs are elsewhere, ask for vllm."""
     if requested != "auto":
         return requested  # type: ignore[return-value]
-    if importlib.util.find_spec("vllm") is None:  # the CPU install: no need to load torch to know
-        return "cpu"
-    import torch
+    from solo.serving.vllm_engine import vllm_device
 
-    if not torch.cuda.is_available():
-        return "cpu"
-    try:
-        import vllm  # noqa: F401
-    except ImportError as error:
-        log.warning("vLLM is installed but does not import (%s): serving on the CPU engine", error)
-        return "cpu"
-    return "vllm"
+    return "vllm" if vllm_device() == "cuda" else "cpu"
 
 
 def model_folder(path: str) -> Path:

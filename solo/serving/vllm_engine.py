@@ -13,12 +13,15 @@ masks and temperature, as the CPU engine reports them.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from solo.errors import SoloError
 from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, TokenLogprob
+
+log = logging.getLogger(__name__)
 
 # The ranks vLLM accepts as max_lora_rank.
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -32,7 +35,8 @@ def vllm_device() -> Literal["cuda", "cpu"] | None:
         return None
     try:
         from vllm.platforms import current_platform
-    except ImportError:
+    except ImportError as error:
+        log.warning("vLLM is installed but does not import (%s): it cannot serve here", error)
         return None
     return "cuda" if current_platform.is_cuda() else "cpu" if current_platform.is_cpu() else None
 

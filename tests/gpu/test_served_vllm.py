@@ -7,9 +7,6 @@ its structured outputs, logprobs, LoRA requests and aborts behind the same gatew
 from __future__ import annotations
 
 import json
-import time
-import urllib.request
-
 import openai
 import pytest
 
@@ -17,6 +14,7 @@ from solo.config import ServeConfig, ServedModelConfig
 from solo.runtime import free_port
 from solo.serving.run import serving
 from solo.serving.vllm_engine import vllm_device
+from tests import served
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 
@@ -97,12 +95,4 @@ def test_a_client_that_leaves_frees_its_slot(server, client):
                                             stream=True)
     next(iter(stream))
     stream.close()
-    deadline = time.monotonic() + 60
-    while True:
-        with urllib.request.urlopen(server.removesuffix("/v1") + "/metrics") as response:
-            lines = response.read().decode().splitlines()
-        held = [line for line in lines if line.startswith(("solo_requests_in_flight", "solo_num_requests_running"))]
-        if held and all(line.endswith(" 0.0") for line in held):
-            return
-        assert time.monotonic() < deadline, f"still held a minute later: {held}"
-        time.sleep(0.5)
+    assert served.frees_its_slots(server, MODEL), "the generation of a client that left still holds its slot"

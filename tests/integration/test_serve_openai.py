@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +17,7 @@ from solo.config import ServeConfig
 from solo.errors import SoloError
 from solo.runtime import free_port
 from solo.serving.run import serving
+from tests import served
 
 pytestmark = pytest.mark.integration
 
@@ -233,22 +232,9 @@ def test_a_missing_or_wrong_api_key_is_a_401(server):
         assert response.status == 200, "health needs no key"
 
 
-def metrics_text(server) -> str:
-    _, url = server
-    request = urllib.request.Request(f"{url.removesuffix('/v1')}/metrics", headers={"Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.read().decode()
-
-
-def scrape(server, sample: str) -> float:
-    """The value of one of `/metrics`' samples of MODEL, such as `solo_requests_in_flight`."""
-    (value,) = re.findall(rf'^{sample}{{model="{MODEL}"}} (\S+)$', metrics_text(server), re.MULTILINE)
-    return float(value)
-
-
 def test_metrics_are_served(server, client):
     client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
-    text = metrics_text(server)
+    text = served.metrics_text(server[1], KEY)
     assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{MODEL}",status="200"}}' in text
     assert f'solo_num_requests_waiting{{model="{MODEL}"}}' in text
 
@@ -258,19 +244,15 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_its_slot
     kwargs = dict(model=MODEL, messages=QUESTION, max_tokens=budget, temperature=0)
     # Read to its end, this request takes its whole budget: fewer tokens below can only be a cut.
     assert client.chat.completions.create(**kwargs).usage.completion_tokens == budget
-    before = scrape(server, "solo_generation_tokens_total")
+    before = served.scrape(server[1], "solo_generation_tokens_total", MODEL, KEY)
     with client.chat.completions.create(**kwargs, stream=True) as stream:
         assert next(iter(stream)).choices[0].delta.role == "assistant"
     # Leaving the block closed the connection: the gateway stops streaming, gives back the request's
     # admission, and closes the replica's stream, which aborts the sequence in the engine process
     # (tests/unit/test_engine_process.py); the replica then counts it no more.
-    for _ in range(600):
-        if scrape(server, "solo_requests_in_flight") == 0 and scrape(server, "solo_num_requests_running") == 0:
-            break
-        time.sleep(0.1)
-    else:
+    if not served.frees_its_slots(server[1], MODEL, KEY):
         pytest.fail("the generation of a client that left still holds its slot a minute later")
-    assert scrape(server, "solo_generation_tokens_total") - before < budget
+    assert served.scrape(server[1], "solo_generation_tokens_total", MODEL, KEY) - before < budget
 
 
 def test_64_concurrent_clients_all_succeed(server):

@@ -84,22 +84,23 @@ def test_the_cli_takes_several_models(tmp_path):
 
 
 def test_auto_picks_vllm_only_with_a_cuda_gpu_and_vllm(monkeypatch):
-    import torch
-
     assert pick_engine("cpu") == "cpu" and pick_engine("vllm") == "vllm", "an engine asked for is taken as is"
     real_find_spec = importlib.util.find_spec
     installed = {"vllm": False}
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: (object() if installed[name] else None) if name == "vllm"
                         else real_find_spec(name, *a))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = {"cuda": True}
+    platform = SimpleNamespace(is_cuda=lambda: gpu["cuda"], is_cpu=lambda: False)  # vLLM's CUDA build
     assert pick_engine("auto") == "cpu", "a GPU without vLLM"
     installed["vllm"] = True
     monkeypatch.setitem(sys.modules, "vllm", None)  # found, but its import fails (a broken install)
     assert pick_engine("auto") == "cpu"
-    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))  # only its import is at stake here
+    # Only what vLLM says of this machine is at stake here.
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", SimpleNamespace(current_platform=platform))
     assert pick_engine("auto") == "vllm"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu["cuda"] = False
     assert pick_engine("auto") == "cpu", "vLLM without a GPU"
 
 
