@@ -15,7 +15,7 @@ may use only that much of the card (`torch.cuda.set_per_process_memory_fraction`
 runs out is recorded as such. tokens/s is the loop's own window over `--steps` steps after
 `--warmup`; both with OMP_WAIT_POLICY=passive (see run_child). Ratio = stream ÷ zero3 tokens/s (the issue's goal on a GPU: ≥ 1.5×). On a CPU both
 "devices" are host memory: the figures check that the benchmark runs, not the engine's speed.
-Writes benchmarks/results/stream_vs_zero3.{json,md}.
+Writes benchmarks/results/stream_vs_zero3.{json,md} from a GPU, stream_vs_zero3_cpu.{json,md} from a CPU.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from benchmarks.record import Conditions, ran_on, record
 from benchmarks.train_overhead import build_shards
 
 ENGINES = ("zero3", "stream")
+RESULTS = {"cuda": "stream_vs_zero3", "cpu": "stream_vs_zero3_cpu"}
 
 
 def one_run(args, engine: str, preset: str, work: Path) -> dict:
@@ -78,6 +79,8 @@ def run_child(args, engine: str, preset: str, work: Path) -> dict:
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return {"ok": True, **json.loads(line[len("RESULT "):])}
+    print(f"{engine} {preset} failed (exit {done.returncode}):", *(done.stdout + done.stderr).splitlines()[-40:],
+          sep="\n", file=sys.stderr, flush=True)
     tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
     out_of_memory = any("out of memory" in line.lower() for line in tail)
     return {"ok": False, "error": "out of device memory" if out_of_memory else " | ".join(tail)[-400:]}
@@ -112,18 +115,27 @@ def main() -> None:
             if zero3["ok"] and stream["ok"]:
                 runs[preset]["ratio"] = round(stream["tokens_per_s"] / zero3["tokens_per_s"], 3)
             print(preset, json.dumps(runs[preset]), flush=True)
+            # Large presets take minutes each: what was measured is on disk before the next begins.
+            save(args, conditions, runs, final=False)
+    print(markdown(save(args, conditions, runs, final=True)))
+
+
+def save(args, conditions: Conditions, runs: dict, final: bool) -> dict:
     devices = {r[e]["device"] for r in runs.values() for e in ENGINES if r[e]["ok"]}
     result = {
         "device": ", ".join(sorted(devices)) or "none ran",
-        **conditions.end(),
+        **(conditions.end() if final else conditions.so_far()),
         "seq_len": args.seq_len, "vocab_size": args.vocab_size, "micro_batch": args.micro_batch,
         "global_batch": args.global_batch, "warmup_steps": args.warmup, "measured_steps": args.steps,
         "device_memory_cap_gb": args.device_memory_gb or None, "runs": runs,
-        "largest_preset": {e: next((p for p in reversed(args.presets) if runs[p][e]["ok"]), None) for e in ENGINES},
+        "not_yet_run": [p for p in args.presets if p not in runs],
+        "largest_preset": {e: next((p for p in reversed(list(runs)) if runs[p][e]["ok"]), None) for e in ENGINES},
         "goal": "ratio >= 1.5 on a GPU",
     }
-    record("stream_vs_zero3", result, markdown(result))
-    print(markdown(result))
+    import torch
+
+    record(RESULTS["cuda" if torch.cuda.is_available() else "cpu"], result, markdown(result))
+    return result
 
 
 def cell(run: dict, key: str, fmt: str) -> str:
@@ -137,17 +149,20 @@ def markdown(r: dict) -> str:
         f"Rows of {r['seq_len']} tokens, micro-batch {r['micro_batch']}, global batch {r['global_batch']}; "
         f"{r['measured_steps']} steps timed after {r['warmup_steps']}. Both through `solo.train.train_worker`, "
         "with OMP_WAIT_POLICY=passive.", "",
-        "| preset | zero3 tokens/s | stream tokens/s | stream ÷ zero3 | zero3 device peak GB | stream device peak GB "
-        "| zero3 host peak GB | stream host peak GB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| preset | zero3 tokens/s | stream tokens/s | stream ÷ zero3 | zero3 MFU | stream MFU | zero3 device peak GB "
+        "| stream device peak GB | zero3 host peak GB | stream host peak GB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for preset, run in r["runs"].items():
         z, s = run["zero3"], run["stream"]
         ratio = f"**{run['ratio']}×**" if "ratio" in run else "–"
         lines.append(f"| {preset} | {cell(z, 'tokens_per_s', ',.0f') if z['ok'] else z['error']} | "
                      f"{cell(s, 'tokens_per_s', ',.0f') if s['ok'] else s['error']} | {ratio} | "
+                     f"{cell(z, 'mfu', '.1%')} | {cell(s, 'mfu', '.1%')} | "
                      f"{cell(z, 'gpu_peak_gb', '.2f')} | {cell(s, 'gpu_peak_gb', '.2f')} | "
                      f"{cell(z, 'host_peak_gb', '.2f')} | {cell(s, 'host_peak_gb', '.2f')} |")
+    if r.get("not_yet_run"):
+        lines += ["", f"Still to run when this was written: {', '.join(r['not_yet_run'])}."]
     lines += ["", f"Largest preset that trained: zero3 {r['largest_preset']['zero3']}, stream "
               f"{r['largest_preset']['stream']}. Goal on a GPU: stream ÷ zero3 ≥ 1.5×.", ""]
     if r["device"] == "cpu":
