@@ -1,7 +1,7 @@
 """Layer streaming (`engine: stream`) against DeepSpeed ZeRO-3 with CPU offload, on one device, same preset and batch.
 
     .venv/bin/python -m benchmarks.stream_vs_zero3 [--presets demo] [--seq-len 256] [--micro-batch 4]
-        [--global-batch 16] [--warmup 4] [--steps 4] [--device-memory-gb 24]
+        [--global-batch 16] [--warmup 4] [--steps 4] [--device-memory-gb 24] [--resume]
 GPU (one card; bf16; the largest preset that trains under a 24 GB device-memory cap):
     .venv/bin/python -m benchmarks.stream_vs_zero3 --presets 125m 350m 1.3b 2.7b 7b --seq-len 1024 \\
         --micro-batch 8 --global-batch 32 --device-memory-gb 24
@@ -16,6 +16,8 @@ runs out is recorded as such. tokens/s is the loop's own window over `--steps` s
 `--warmup`; both with OMP_WAIT_POLICY=passive (see run_child). Ratio = stream ÷ zero3 tokens/s (the issue's goal on a GPU: ≥ 1.5×). On a CPU both
 "devices" are host memory: the figures check that the benchmark runs, not the engine's speed.
 Writes benchmarks/results/stream_vs_zero3.{json,md} from a GPU, stream_vs_zero3_cpu.{json,md} from a CPU.
+Each preset is written as soon as it is measured; `--resume` keeps the presets a cut-short run wrote
+(same device, same settings) and measures the rest.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.record import RESULTS as RESULTS_DIR
 from benchmarks.record import Conditions, ran_on, record
 from benchmarks.train_overhead import build_shards
 
 ENGINES = ("zero3", "stream")
-RESULTS = {"cuda": "stream_vs_zero3", "cpu": "stream_vs_zero3_cpu"}
+RESULT_NAMES = {"cuda": "stream_vs_zero3", "cpu": "stream_vs_zero3_cpu"}
 
 
 def one_run(args, engine: str, preset: str, work: Path) -> dict:
@@ -96,6 +99,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device-memory-gb", type=float, default=24.0, help="0: the whole card")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the presets the results file holds from a run with the same settings on the "
+                             "same device (one a time limit cut short, say); run the rest")
     parser.add_argument("--one", nargs=2, metavar=("ENGINE", "PRESET"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -105,36 +111,64 @@ def main() -> None:
         print("RESULT " + json.dumps(one_run(args, *args.one, Path(args.work))), flush=True)
         return
 
+    import torch
+
+    cuda = torch.cuda.is_available()
+    name, device = RESULT_NAMES["cuda" if cuda else "cpu"], torch.cuda.get_device_name() if cuda else "cpu"
+    earlier = earlier_runs(name, device, args) if args.resume else {}
     conditions = Conditions()
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="solo-stream-vs-zero3-") as tmp:
         work = build_shards(Path(tmp), args.seq_len, args.vocab_size)
         for preset in args.presets:
+            if preset in earlier:
+                print(f"{preset}: kept from {RESULTS_DIR / name}.json", flush=True)
+                runs[preset] = earlier[preset]
+                continue
             runs[preset] = {engine: run_child(args, engine, preset, work) for engine in ENGINES}
             zero3, stream = runs[preset]["zero3"], runs[preset]["stream"]
             if zero3["ok"] and stream["ok"]:
                 runs[preset]["ratio"] = round(stream["tokens_per_s"] / zero3["tokens_per_s"], 3)
             print(preset, json.dumps(runs[preset]), flush=True)
             # Large presets take minutes each: what was measured is on disk before the next begins.
-            save(args, conditions, runs, final=False)
-    print(markdown(save(args, conditions, runs, final=True)))
+            save(name, args, conditions, runs, earlier, final=False)
+    print(markdown(save(name, args, conditions, runs, earlier, final=True)))
 
 
-def save(args, conditions: Conditions, runs: dict, final: bool) -> dict:
+def settings(args) -> dict:
+    return {"seq_len": args.seq_len, "vocab_size": args.vocab_size, "micro_batch": args.micro_batch,
+            "global_batch": args.global_batch, "warmup_steps": args.warmup, "measured_steps": args.steps,
+            "device_memory_cap_gb": args.device_memory_gb or None}
+
+
+def earlier_runs(name: str, device: str, args) -> dict[str, dict]:
+    """The presets `name`'s results hold, when they were measured on this device with these settings."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    differ = {k: (earlier.get(k), v) for k, v in settings(args).items() if earlier.get(k) != v}
+    if earlier["device"] != device:
+        differ["device"] = (earlier["device"], device)
+    if differ:
+        found = ", ".join(f"{key}: {there} there, {here} here" for key, (there, here) in differ.items())
+        sys.exit(f"--resume: {path} was measured with other settings ({found}); "
+                 "run without --resume to measure every preset")
+    return earlier["runs"]
+
+
+def save(name: str, args, conditions: Conditions, runs: dict, earlier: dict, final: bool) -> dict:
     devices = {r[e]["device"] for r in runs.values() for e in ENGINES if r[e]["ok"]}
     result = {
         "device": ", ".join(sorted(devices)) or "none ran",
         **(conditions.end() if final else conditions.so_far()),
-        "seq_len": args.seq_len, "vocab_size": args.vocab_size, "micro_batch": args.micro_batch,
-        "global_batch": args.global_batch, "warmup_steps": args.warmup, "measured_steps": args.steps,
-        "device_memory_cap_gb": args.device_memory_gb or None, "runs": runs,
+        **settings(args), "runs": runs,
         "not_yet_run": [p for p in args.presets if p not in runs],
+        "kept_from_an_earlier_run": [p for p in runs if p in earlier],
         "largest_preset": {e: next((p for p in reversed(list(runs)) if runs[p][e]["ok"]), None) for e in ENGINES},
         "goal": "ratio >= 1.5 on a GPU",
     }
-    import torch
-
-    record(RESULTS["cuda" if torch.cuda.is_available() else "cpu"], result, markdown(result))
+    record(name, result, markdown(result))
     return result
 
 
@@ -161,6 +195,9 @@ def markdown(r: dict) -> str:
                      f"{cell(z, 'mfu', '.1%')} | {cell(s, 'mfu', '.1%')} | "
                      f"{cell(z, 'gpu_peak_gb', '.2f')} | {cell(s, 'gpu_peak_gb', '.2f')} | "
                      f"{cell(z, 'host_peak_gb', '.2f')} | {cell(s, 'host_peak_gb', '.2f')} |")
+    if r.get("kept_from_an_earlier_run"):
+        lines += ["", f"Kept from an earlier run with the same settings (`--resume`): "
+                      f"{', '.join(r['kept_from_an_earlier_run'])}."]
     if r.get("not_yet_run"):
         lines += ["", f"Still to run when this was written: {', '.join(r['not_yet_run'])}."]
     lines += ["", f"Largest preset that trained: zero3 {r['largest_preset']['zero3']}, stream "
