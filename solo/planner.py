@@ -133,6 +133,7 @@ class ModelShape:
     layers: int
     largest_module: int  # DeepSpeed's largest_layer_params: the most parameters one module holds itself
     largest_unit: int  # the stream engine's largest unit: the embedding (tied head) or a decoder layer
+    tied_embeddings: bool
 
     @classmethod
     def of(cls, name: str, config: LlamaConfig, seq_len: int) -> "ModelShape":
@@ -143,7 +144,15 @@ class ModelShape:
         per_layer = (params - v * h * (1 if config.tie_word_embeddings else 2) - h) // layers
         return cls(name, params, flops_per_token(config, seq_len), v, h,
                    config.num_key_value_heads * (h // config.num_attention_heads), config.intermediate_size, layers,
-                   largest_module=max(v * h, h * config.intermediate_size), largest_unit=max(v * h + h, per_layer))
+                   largest_module=max(v * h, h * config.intermediate_size), largest_unit=max(v * h + h, per_layer),
+                   tied_embeddings=config.tie_word_embeddings)
+
+    def tensor_sizes(self) -> list[int]:
+        """Each parameter tensor's elements, as transformers' Llama holds them: the embedding; per layer
+        q, k, v, o, gate, up, down and two norms; the final norm; the head unless tied."""
+        h, kv, i = self.hidden, self.kv_dim, self.intermediate
+        layer = [h * h, kv * h, kv * h, h * h, i * h, i * h, h * i, h, h]
+        return [self.vocab * h, *layer * self.layers, h, *([] if self.tied_embeddings else [self.vocab * h])]
 
     @classmethod
     def preset(cls, preset: str, vocab: int, seq_len: int) -> "ModelShape":
@@ -293,16 +302,27 @@ def reduce_bucket_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> float:
     return min(REDUCE_BUCKET_ELEMENTS, model.parameters) * 4 * (1 + copies)
 
 
-def stream_state_bytes(s: Strategy, model: ModelShape) -> tuple[float, float]:
+def stream_state_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> tuple[float, float]:
     """Own, from solo/stream.py's design (issue 9): (device, host). Host: its bytes per parameter (fp32 weights,
-    gradients, Adam's m and v) and two pinned staging slots of the largest unit; device: two fp32 slots of the
-    largest unit, its compute-dtype cast and one unit's gradients."""
+    gradients, Adam's m and v) and two staging slots of the largest unit, the weights and slots pinned on a
+    GPU; device: two fp32 slots of the largest unit, its compute-dtype cast and one unit's gradients."""
     from solo.stream import host_bytes_per_parameter
 
     element = 2 if s.precision == "bf16" else 4
+    pinned = [4 * n for n in model.tensor_sizes()] + 2 * [model.largest_unit * element]
     host = host_bytes_per_parameter() * model.parameters + 2 * model.largest_unit * element
+    if on_gpu:
+        # PyTorch's caching host allocator rounds each pinned block up to a power of two
+        # (ATen/core/CachingHostAllocator.h): 3.0 bytes per parameter more at 2.7b, 1.4 at 1.3b. With it
+        # the plan is 40.7 GB for 2.7b where an H200 run measured 42.0 (benchmarks/results/stream_vs_zero3.md).
+        host += sum(pinned_block(size) - size for size in pinned)
     device = model.largest_unit * (2 * 4 + element + element)
     return device, host
+
+
+def pinned_block(size: int) -> int:
+    """The bytes PyTorch's caching host allocator takes to pin `size`: the next power of two."""
+    return 1 << (size - 1).bit_length()
 
 
 # ---------------------------------------------------------------- speed
@@ -370,7 +390,7 @@ def estimate(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_b
     activations = activation_bytes(model, seq_len, micro_batch, s.activation_checkpointing, element)
     nvme = 0.0
     if s.engine == "stream":
-        device, host = stream_state_bytes(s, model)
+        device, host = stream_state_bytes(s, model, on_gpu)
     else:
         device, host, nvme = model_state_bytes(s, model, n)
     per_worker = device + activations + reduce_bucket_bytes(s, model, on_gpu)

@@ -1,8 +1,9 @@
 """The layer-streaming training engine (`engine: stream`): host memory holds the model, the device is a scratchpad.
 
-The fp32 master weights, their gradients and Adam's two moments live in host memory (pinned on
-CUDA, so copies are asynchronous): 16 bytes per parameter. A step walks the model a unit at a time
-(the embedding, each decoder layer, then the final norm with the tied head): the unit's weights
+The fp32 master weights, their gradients and Adam's two moments live in host memory: 16 bytes per
+parameter, and on CUDA the weights are pinned (so copies are asynchronous) in the power-of-two
+blocks PyTorch's host allocator hands out, 1–3 bytes per parameter more. A step walks the model a
+unit at a time (the embedding, each decoder layer, then the final norm with the tied head): the unit's weights
 are copied to the device on a copy-in stream into one of two slots while the previous unit computes
 in the other (double buffering), and the slot is reused once that unit is done. Forward keeps only
 the activations at layer boundaries; the head's backward runs as soon as its loss exists, so the

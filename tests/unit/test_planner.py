@@ -3,6 +3,7 @@ from the bytes each strategy must hold, not read off the planner's output."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,30 @@ def test_strategy_auto_for_adapters_is_plain_data_parallelism(tmp_path, tiny_mod
     job, record = planner.resolve_auto_strategy(auto_job(tmp_path, tiny_model_dir, config), quiet=True)
     assert job.config.strategy.zero_stage == 0 and job.config.strategy.precision == "fp32"
     assert "adapters" in record["strategy"]
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_the_tensor_sizes_add_up_to_the_parameters(preset):
+    for tied in (True, False):
+        config = llama_config(preset, vocab_size=32000, seq_len=2048)
+        config.tie_word_embeddings = tied
+        shape = planner.ModelShape.of(preset, config, 2048)
+        assert sum(shape.tensor_sizes()) == shape.parameters == parameter_count(config)
+
+
+def test_the_stream_engines_host_memory_on_a_gpu_is_what_an_h200_run_measured():
+    # Pinned on a GPU, each master weight takes a power-of-two block of host memory: the plan counts it, so
+    # it is within 10% of the host peaks the stream engine reached on an H200 (and under 24 GB of the card).
+    measured = json.loads((Path(__file__).parents[2] / "benchmarks/results/stream_vs_zero3.json").read_text())
+    assert measured["device"] == "NVIDIA H200"
+    hardware = planner.Hardware(gpu_mem_gb=measured["device_memory_cap_gb"], host_mem_gb=126, gpu="H200",
+                                host_cores=16)
+    for preset in ("1.3b", "2.7b"):
+        run = measured["runs"][preset]["stream"]
+        assert run["ok"]
+        shape = planner.ModelShape.preset(preset, measured["vocab_size"], measured["seq_len"])
+        result = planner.plan(shape, hardware, measured["seq_len"], micro_batch=measured["micro_batch"],
+                              accumulation=measured["global_batch"] // measured["micro_batch"])
+        stream = next(e for e in result.rows if e.strategy.engine == "stream")
+        assert stream.host_gb == pytest.approx(run["host_peak_gb"], rel=0.10)
+        assert stream.gpu_gb >= run["gpu_peak_gb"]
