@@ -39,12 +39,14 @@ class Conditions:
         """The conditions as result fields; call once, when the measuring is over."""
         if len(self.load_average) == 1:
             self.load_average.append(round(os.getloadavg()[0], 1))
-        return {"command": self.command, "machine": self.machine, "load_average": self.load_average}
+        return self._fields(self.load_average)
 
     def so_far(self) -> dict:
         """Like `end`, for a result written before the measuring is over; `end` stays callable."""
-        return {"command": self.command, "machine": self.machine,
-                "load_average": [self.load_average[0], round(os.getloadavg()[0], 1)]}
+        return self._fields([self.load_average[0], round(os.getloadavg()[0], 1)])
+
+    def _fields(self, load_average: list[float]) -> dict:
+        return {"command": self.command, "machine": self.machine, "load_average": load_average}
 
     def sentence(self) -> str:
         return ran_on(self.end())

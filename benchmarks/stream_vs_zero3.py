@@ -82,9 +82,9 @@ def run_child(args, engine: str, preset: str, work: Path) -> dict:
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return {"ok": True, **json.loads(line[len("RESULT "):])}
-    print(f"{engine} {preset} failed (exit {done.returncode}):", *(done.stdout + done.stderr).splitlines()[-40:],
-          sep="\n", file=sys.stderr, flush=True)
-    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+    output = (done.stdout + done.stderr).strip().splitlines()
+    print(f"{engine} {preset} failed (exit {done.returncode}):", *output[-40:], sep="\n", file=sys.stderr, flush=True)
+    tail = output[-3:]
     out_of_memory = any("out of memory" in line.lower() for line in tail)
     return {"ok": False, "error": "out of device memory" if out_of_memory else " | ".join(tail)[-400:]}
 

@@ -309,12 +309,13 @@ def stream_state_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> tuple[fl
     from solo.stream import host_bytes_per_parameter
 
     element = 2 if s.precision == "bf16" else 4
-    pinned = [4 * n for n in model.tensor_sizes()] + 2 * [model.largest_unit * element]
-    host = host_bytes_per_parameter() * model.parameters + 2 * model.largest_unit * element
+    slot = model.largest_unit * element
+    host = host_bytes_per_parameter() * model.parameters + 2 * slot
     if on_gpu:
         # PyTorch's caching host allocator rounds each pinned block up to a power of two
         # (ATen/core/CachingHostAllocator.h): 3.0 bytes per parameter more at 2.7b, 1.4 at 1.3b. With it
         # the plan is 40.7 GB for 2.7b where an H200 run measured 42.0 (benchmarks/results/stream_vs_zero3.md).
+        pinned = [4 * n for n in model.tensor_sizes()] + [slot, slot]
         host += sum(pinned_block(size) - size for size in pinned)
     device = model.largest_unit * (2 * 4 + element + element)
     return device, host
