@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from benchmarks.record import Conditions, DATA as SHARED_DATA, RESULTS, ran_on, record
-from solo import quality
+from solo.data import quality
 from solo.config import DataConfig, FilterConfig, InputSpec
 
 DATA = SHARED_DATA / "webtext"
@@ -116,7 +116,7 @@ def throughput(texts: list[str], chain, workers: int = 2) -> dict:
 def cc_report() -> str:
     import ray
 
-    from solo.data import prepare
+    from solo.data.stage import prepare
 
     out = Path(tempfile.mkdtemp(prefix="solo-cc-report-"))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -164,7 +164,7 @@ def markdown(r: dict) -> str:
         f"{r['documents']:,} real pages: the Dolma Common Crawl shard, the first 1,000 C4 pages and 300 FineWeb pages. "
         "Each family judged every page on its own, with FineWeb's settings (datatrove 0.10.1's defaults; C4's "
         "terminal-punctuation rule off). datatrove splits words with spaCy's blank English tokenizer; solo with its "
-        "own tokenizer shaped on it (`solo.quality.words`, no model, no nltk data).", "",
+        "own tokenizer shaped on it (`solo.data.quality.words`, no model, no nltk data).", "",
         "| family | same decision | agreement |", "| --- | ---: | ---: |",
     ]
     for family, a in r["agreement"].items():

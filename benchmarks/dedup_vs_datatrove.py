@@ -10,7 +10,7 @@ duplicates removed first, plus
     text) around different bodies: alike in shingles, not duplicates.
 Both sides run with the same MinHash settings (5-word shingles, 14 bands × 8 rows, datatrove's
 defaults) and no quality filter (configs/data/dedup-only.yaml: solo also probes half bands and
-verifies by shared words). solo: `solo.data.prepare` on a private Ray with 2 CPUs; datatrove: its
+verifies by shared words). solo: `solo.data.stage.prepare` on a private Ray with 2 CPUs; datatrove: its
 4 stages on its local executor with 2 workers. solo is scored once more, untimed, with its classic
 check (Jaccard ≥ 0.7 over whole-band candidates only). A pair is two documents put in one cluster;
 precision and recall are over pairs, against the planted ones.
@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks.record import Conditions, DATA, ran_on, record
 from solo.config import DataConfig, DedupConfig, default_config_path, load_config
-from solo.neardedup import jaccard, near_duplicates_in_memory, shingles
+from solo.data.neardedup import jaccard, near_duplicates_in_memory, shingles
 
 REACH = 0.72  # (1/14)^(1/8): where the 14 × 8 LSH S-curve turns
 SOURCES = ["c4_en_train_first1000.jsonl", "dolma_cc_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz",
@@ -134,7 +134,7 @@ CLASSIC = ["dedup.similarity=jaccard", "dedup.threshold=0.7", "dedup.probe_half_
 def run_solo(corpus: Path, work: Path, dedup: list[str] = ()) -> tuple[float, list[list[str]]]:
     import pyarrow.parquet as pq
 
-    from solo import data
+    from solo.data import stage as data
 
     overrides = [f"inputs=[{{path: {corpus}, domain: web}}]", *dedup]
     config = load_config(DataConfig, default_config_path("data", "dedup-only"), overrides)

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.finetune_memory [--preset 125m] [--steps 2] [--micro-batch 4] [--seq-len 256]
                                                    [--activation-checkpointing] [--device cuda]
 
-Each method runs solo's own training loop (`solo.train.train_worker`: DeepSpeed on a one-process
+Each method runs solo's own training loop (`solo.train.loop.train_worker`: DeepSpeed on a one-process
 gloo group, or NCCL on a GPU) in a subprocess of its own, so one method's peak cannot hide in
 another's: an untrained Llama of the preset, Alpaca conversations packed into rows, the same
 micro-batch and steps. SFT runs as `method: sft` does by default (ZeRO-3, optimizer and parameters
@@ -41,9 +41,9 @@ def make_model(folder: Path, preset: str, seq_len: int) -> None:
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
-    from solo import corpus
-    from solo.model import llama_config
-    from solo.tokenizer import stop_token_ids, train_bpe
+    from solo.data import corpus
+    from solo.train.presets import llama_config
+    from solo.tokens.tokenizer import stop_token_ids, train_bpe
 
     tok = train_bpe((d["text"] for d in corpus.documents(max_documents=2000)), vocab_size=8192, min_frequency=2)
     torch.manual_seed(0)
@@ -71,10 +71,10 @@ def measure(method: str, args) -> dict:
         os.environ.setdefault(key, value)
     import torch
 
-    from solo.sft import build_sft_rows
-    from solo.tokenizer import load
-    from solo.checkpoints import CheckpointSink
-    from solo.train import TrainJob, train_worker
+    from solo.train.sft import build_sft_rows
+    from solo.tokens.tokenizer import load
+    from solo.train.checkpoints import CheckpointSink
+    from solo.train.loop import TrainJob, train_worker
 
     cuda = args.device == "cuda"
     join_one_process_group(cuda)
@@ -119,7 +119,7 @@ def main() -> None:
     conditions = Conditions()
     with tempfile.TemporaryDirectory(prefix="solo-ft-memory-") as work:
         make_model(Path(work) / "model", args.preset, args.seq_len)
-        from solo.model import parameter_count
+        from solo.train.presets import parameter_count
         from transformers import AutoConfig
 
         parameters = parameter_count(AutoConfig.from_pretrained(Path(work) / "model"))

@@ -3,12 +3,12 @@
     .venv/bin/python -m benchmarks.planner_vs_measured [--presets demo 125m] [--strategies zero3-offload zero0 auto]
                                                        [--steps 4] [--micro-batch 1] [--seq-len 256] [--device cpu]
 
-For each preset and strategy, `solo.train.run_training` (Ray Train + DeepSpeed on a private Ray, one
+For each preset and strategy, `solo.train.loop.run_training` (Ray Train + DeepSpeed on a private Ray, one
 worker, so the worker's process holds the whole model) trains an untrained model of the preset for
 `--steps` optimizer steps on real text (tinyshakespeare and WikiText-2, token shards built by
 benchmarks/train_overhead.py's `build_shards` with solo's own code), and its metrics.csv gives the
 measured peak: `host_peak_gb` (the worker's peak RSS) and, on a GPU, `gpu_peak_gb` (CUDA max
-allocated). The planner (`solo.planner.estimate`) predicts the same run's memory from the preset's
+allocated). The planner (`solo.train.planner.estimate`) predicts the same run's memory from the preset's
 shape, the tokenizer's vocabulary, the micro-batch and the sequence length; for `auto` the prediction
 is the one run_training itself recorded when it resolved `strategy: auto`. Ratio = measured ÷
 predicted (1.0 is exact; above 1 the planner underestimates, the dangerous side; up to 1/0.9 its
@@ -56,7 +56,7 @@ def run_config(args, preset: str, strategy: str, cuda: bool):
 
 
 def measure(config, work: Path, output: Path) -> dict:
-    from solo.train import TrainJob, run_training
+    from solo.train.loop import TrainJob, run_training
 
     output.mkdir(parents=True)
     started = time.perf_counter()
@@ -70,8 +70,8 @@ def measure(config, work: Path, output: Path) -> dict:
 
 
 def predict(config, work: Path, seq_len: int, summary: dict) -> dict:
-    from solo import planner
-    from solo.tokenizer import load
+    from solo.train import planner
+    from solo.tokens.tokenizer import load
 
     model = planner.ModelShape.preset(config.model, len(load(work / "tokenizer")), seq_len)
     if config.strategy == "auto":  # what run_training planned and recorded
@@ -135,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     cuda = args.device == "cuda"
 
-    from solo import planner
+    from solo.train import planner
 
     import ray
 
@@ -181,10 +181,10 @@ def markdown(r: dict) -> str:
     lines = [
         "# Planner against measured memory peaks", "",
         f"{ran_on(r)} Device {r['device']}.", "",
-        f"Each row: `solo.train.run_training` for {r['steps']} steps, one Ray Train worker, micro-batch "
+        f"Each row: `solo.train.loop.run_training` for {r['steps']} steps, one Ray Train worker, micro-batch "
         f"{r['micro_batch']} × {r['seq_len']} tokens, a {r['vocab_size']:,}-token BPE, activation checkpointing "
         f"{'on' if r['activation_checkpointing'] else 'off'}; measured = the peak of metrics.csv's `host_peak_gb` "
-        "(the worker's peak RSS) and `gpu_peak_gb`; predicted = `solo.planner.estimate` for the same run. "
+        "(the worker's peak RSS) and `gpu_peak_gb`; predicted = `solo.train.planner.estimate` for the same run. "
         "Ratio = measured ÷ predicted (above 1: the planner underestimates).", "",
         "| preset | parameters | strategy | predicted host GB | measured host GB | host ratio | predicted GPU GB "
         "| measured GPU GB | GPU ratio |",
@@ -198,7 +198,7 @@ def markdown(r: dict) -> str:
                      f"{m['host_peak_gb']:.2f} | **{run['host_ratio']}** | {gpu_p} | {gpu_m} | "
                      f"{run['gpu_ratio'] if run['gpu_ratio'] is not None else '-'} |")
     lines += ["", f"The planner calls a strategy a fit when its prediction is at most {100 * (1 - r['margin']):.0f}% "
-              f"of the memory (`solo.planner.MEMORY_MARGIN` = {r['margin']}), so a prediction is safe while the "
+              f"of the memory (`solo.train.planner.MEMORY_MARGIN` = {r['margin']}), so a prediction is safe while the "
               f"ratio stays at or below 1 / {1 - r['margin']:g} = {1 / (1 - r['margin']):.2f}; below 1 it only "
               "wastes memory. Every ratio above is checked against that bound here: "
               + ("all within it." if all(run["host_ratio"] <= 1 / (1 - r["margin"]) for run in r["runs"])
@@ -213,7 +213,7 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-# Found once (2026-11-21, on the 2-core CPU machine) with a probe that ran solo.train.train_worker in one process
+# Found once (2026-11-21, on the 2-core CPU machine) with a probe that ran solo.train.loop.train_worker in one process
 # and sampled its RSS every 5 ms between DeepSpeed's calls; this script does not rerun it.
 PHASES_OF_ZERO3_OFFLOAD = [
     "## Where the host memory of 125m ZeRO-3 with CPU offload went", "",
@@ -233,7 +233,7 @@ PHASES_OF_ZERO3_OFFLOAD = [
     "Live tensors after a step summed to 24p plus the bucket, about what DeepSpeed's estimator counts (18 bytes a "
     "parameter, 22 in fp32) before its 1.5 buffer factor. The 0.8 GB was DeepSpeed's gradient bucket, "
     "`reduce_bucket_size`, left at its default of 5e8 elements: larger than the model, so it held all the gradients "
-    "and the reduce-scatter copied them twice more. solo.train now sets it to 2^24 elements "
+    "and the reduce-scatter copied them twice more. solo.train.loop now sets it to 2^24 elements "
     "(REDUCE_BUCKET_ELEMENTS): the same run peaked at 3.02 GB in that probe (3.04 GB with the export after the last "
     "logged step). The planner counts the bucket and its copies (`reduce_bucket_bytes`). What is left above live "
     "tensors (about 0.55 GB at 125m) is freed memory glibc's malloc keeps: `malloc_trim(0)` after each phase gave it "

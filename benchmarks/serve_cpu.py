@@ -29,7 +29,7 @@ from solo.runtime import free_port
 def bench_engine(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int) -> list[dict]:
     from solo.serving.cpu_engine import CpuEngine
     from solo.serving.engine import SamplingParams
-    from solo.tokenizer import load, render_chat, stop_token_ids
+    from solo.tokens.tokenizer import load, render_chat, stop_token_ids
 
     tokenizer = load(model)
     prompt_ids = render_chat(tokenizer, QUESTION, add_generation_prompt=True)[0]
@@ -155,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported HF folder; default: random Llamas built here")
     parser.add_argument("--presets", default="demo,125m,350m",
-                        help="model sizes to build when no --model is given (solo.model.PRESETS)")
+                        help="model sizes to build when no --model is given (solo.train.presets.PRESETS)")
     parser.add_argument("--levels", default="1,4,16,64", help="concurrent clients")
     parser.add_argument("--gateway-levels", default="1,16", help="levels at which to measure the served app")
     parser.add_argument("--max-tokens", type=int, default=64)

@@ -60,10 +60,10 @@ RESULTS = {"cuda": "serve_vllm", "cpu": "serve_vllm_cpu"}
 
 def engine_flags(device: str) -> list[str]:
     """`vllm serve` flags for the settings solo's replica builds its `VllmEngine` with
-    (solo.serving.plan.build_engine), so that the two engines are alike."""
+    (solo.serving.deployment.build_engine), so that the two engines are alike."""
     import inspect
 
-    from solo.serving.plan import CPU_MEMORY_SHARE, GPU_MEMORY_SHARE
+    from solo.serving.deployment import CPU_MEMORY_SHARE, GPU_MEMORY_SHARE
     from solo.serving.vllm_engine import VllmEngine
 
     defaults = inspect.signature(VllmEngine).parameters
@@ -149,7 +149,7 @@ def table(run: dict, levels: list[int]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported HF Llama folder; default: a random one built here")
-    parser.add_argument("--preset", help="its size when no --model is given (solo.model.PRESETS); "
+    parser.add_argument("--preset", help="its size when no --model is given (solo.train.presets.PRESETS); "
                                          "default: 1.3b on a GPU, 125m on CPUs")
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")],
                         help="concurrent clients; default: 1,16,64,256 on a GPU, 1,16 on CPUs")

@@ -20,9 +20,9 @@ def build_model(folder: Path, preset: str) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
-    from solo import corpus
-    from solo.model import llama_config
-    from solo.tokenizer import stop_token_ids, train_bpe
+    from solo.data import corpus
+    from solo.train.presets import llama_config
+    from solo.tokens.tokenizer import stop_token_ids, train_bpe
 
     tok = train_bpe((doc["text"] for doc in corpus.documents(max_documents=300)), vocab_size=4096, min_frequency=2)
     config = llama_config(preset, vocab_size=len(tok), seq_len=1024, eos_token_id=stop_token_ids(tok))
@@ -36,7 +36,7 @@ def build_model(folder: Path, preset: str) -> Path:
 def parameter_count_of(folder: Path) -> int:
     from transformers import AutoConfig
 
-    from solo.model import parameter_count
+    from solo.train.presets import parameter_count
 
     return parameter_count(AutoConfig.from_pretrained(folder))
 

@@ -15,8 +15,8 @@ iterations, an estimate of both losses every 250 iterations on 20 batches, all t
 sides split the text as nanoGPT does: the first 90% of the characters to train on, the last 10%
 held out.
 
-solo: a byte-level BPE trained on the training text (`solo.tokenizer.train_bpe`), both parts packed
-into rows (`solo.tokens.pack`, `ShardWriter`), and `solo.train.run_training` (Ray Train + DeepSpeed)
+solo: a byte-level BPE trained on the training text (`solo.tokens.tokenizer.train_bpe`), both parts packed
+into rows (`solo.tokens.shards.pack`, `ShardWriter`), and `solo.train.loop.run_training` (Ray Train + DeepSpeed)
 with the config given, on a private Ray of 2 CPUs. Its `max_steps` is set to fit the peer's time:
 a short calibration run measures solo's start-up and seconds per step, and the budgeted run is
 timed whole (Ray Train's start, DeepSpeed's set-up, evaluations and export included).
@@ -156,8 +156,8 @@ def peer_nats(model: CharGPT, val: np.ndarray, block: int = 64, batch: int = 64)
 
 
 def build_tokens(folder: Path, train_text: str, val_text: str, vocab_size: int, seq_len: int) -> dict:
-    from solo import tokenizer as tok
-    from solo.tokens import ShardWriter, pack, token_dtype
+    from solo.tokens import tokenizer as tok
+    from solo.tokens.shards import ShardWriter, pack, token_dtype
 
     tokenizer = tok.train_bpe([train_text], vocab_size=vocab_size, min_frequency=2)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
@@ -176,7 +176,7 @@ def build_tokens(folder: Path, train_text: str, val_text: str, vocab_size: int, 
 
 
 def run_solo(config, folder: Path, name: str, val_bytes_per_token: float) -> dict:
-    from solo.train import TrainJob, run_training
+    from solo.train.loop import TrainJob, run_training
 
     output = folder / name
     output.mkdir()
@@ -205,7 +205,7 @@ def main() -> None:
 
     import ray
 
-    from solo import evaluate
+    from solo.evals import bpb as evaluate
     from solo.config import TrainConfig, load_config
     from solo.runtime import worker_env
 

@@ -6,7 +6,7 @@ GPU (one card; bf16; the largest preset that trains under a 24 GB device-memory 
     .venv/bin/python -m benchmarks.stream_vs_zero3 --presets 125m 350m 1.3b 2.7b 7b --seq-len 1024 \\
         --micro-batch 8 --global-batch 32 --device-memory-gb 24
 
-Both sides run solo's own loop (`solo.train.train_worker`, one process, a one-rank process group) on
+Both sides run solo's own loop (`solo.train.loop.train_worker`, one process, a one-rank process group) on
 the same token rows (tinyshakespeare and WikiText-2 through solo's BPE and packing), the same preset,
 batch, optimizer and schedule: *zero3* is `engine: deepspeed` as TrainConfig defaults it (ZeRO-3,
 optimizer and parameters offloaded to CPU), *stream* is `engine: stream`. Each run is a process of
@@ -47,8 +47,8 @@ def one_run(args, engine: str, preset: str, work: Path) -> dict:
     import torch
 
     from solo.config import TrainConfig, load_config
-    from solo.checkpoints import CheckpointSink
-    from solo.train import TrainJob, train_worker
+    from solo.train.checkpoints import CheckpointSink
+    from solo.train.loop import TrainJob, train_worker
 
     cuda = torch.cuda.is_available()
     if cuda and args.device_memory_gb:
@@ -181,7 +181,7 @@ def markdown(r: dict) -> str:
         "# Layer streaming (`engine: stream`) against ZeRO-3 with CPU offload, one device", "",
         f"{ran_on(r)} Device: {r['device']}; device-memory cap: {r['device_memory_cap_gb'] or 'none'} GB.", "",
         f"Rows of {r['seq_len']} tokens, micro-batch {r['micro_batch']}, global batch {r['global_batch']}; "
-        f"{r['measured_steps']} steps timed after {r['warmup_steps']}. Both through `solo.train.train_worker`, "
+        f"{r['measured_steps']} steps timed after {r['warmup_steps']}. Both through `solo.train.loop.train_worker`, "
         "with OMP_WAIT_POLICY=passive.", "",
         "| preset | zero3 tokens/s | stream tokens/s | stream ÷ zero3 | zero3 MFU | stream MFU | zero3 device peak GB "
         "| stream device peak GB | zero3 host peak GB | stream host peak GB |",

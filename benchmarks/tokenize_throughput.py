@@ -5,7 +5,7 @@
 The same prepared parquet (real web text, WikiText-2 articles and Python's docs, `--copies` times
 over with fresh ids) is encoded and packed into shards three ways: a single-process loop of
 `tokenizers`' `encode_batch` (which spreads each batch over every core with its own threads) and
-`solo.tokens.pack`, then `solo.tokens.tokenize` on a private Ray with `num_cpus=1` and `num_cpus=2`. Goal: the stage scales with cores. The machine's
+`solo.tokens.shards.pack`, then `solo.tokens.shards.tokenize` on a private Ray with `num_cpus=1` and `num_cpus=2`. Goal: the stage scales with cores. The machine's
 load average is recorded beside each run: on a shared machine, other work takes cores from it.
 Writes benchmarks/results/tokenize_throughput.{json,md}.
 """
@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 
 from benchmarks.record import Conditions, ran_on, record
 from benchmarks.tokenizer_train import real_documents
-from solo import tokenizer as tok
+from solo.tokens import tokenizer as tok
 from solo.config import TokenizeConfig
-from solo.tokens import is_validation, pack, token_dtype, tokenize
+from solo.tokens.shards import is_validation, pack, token_dtype, tokenize
 
 SETTINGS = TokenizeConfig()
 
@@ -130,8 +130,8 @@ def markdown(r: dict) -> str:
         ran_on(r), "",
         f"{r['bytes'] / 1e6:.1f} MB of real text (web, WikiText-2, Python's docs; {r['copies']} copies) encoded with "
         f"a {r['vocab_size']:,}-token BPE and packed into {SETTINGS.seq_len}-token rows. *single process* is "
-        "`tokenizers`' multi-threaded `encode_batch` + `solo.tokens.pack` in a loop, no Ray; the Ray runs are "
-        "`solo.tokens.tokenize` on a private `ray.init(num_cpus=N)` (one single-threaded encoding task per core, "
+        "`tokenizers`' multi-threaded `encode_batch` + `solo.tokens.shards.pack` in a loop, no Ray; the Ray runs are "
+        "`solo.tokens.shards.tokenize` on a private `ray.init(num_cpus=N)` (one single-threaded encoding task per core, "
         "each packing and writing its own shards), its start-up not timed, run twice: *first* includes starting "
         "Ray's worker processes, the plain row finds them warm (as all but the first batches of a real corpus do). "
         "All encode the same tokens.", "",

@@ -16,7 +16,7 @@ import time
 from typing import Iterator
 
 from benchmarks.record import Conditions, DATA, ran_on, record
-from solo import tokenizer as tok
+from solo.tokens import tokenizer as tok
 from solo.config import InputSpec
 
 VAL_FRACTION = 0.05
@@ -94,7 +94,7 @@ def markdown(r: dict) -> str:
         ran_on(r), "",
         f"Vocabulary {r['vocab_size']:,}; both trained on the same sample, {r['sample']['bytes'] / 1e6:.2f} MB in "
         f"{r['sample']['documents']:,} of {r['sample']['of_documents']:,} training documents (web text, "
-        "WikiText-2 articles, Python's docs), picked by hash. *solo* is `solo.tokenizer.train_bpe` fed the "
+        "WikiText-2 articles, Python's docs), picked by hash. *solo* is `solo.tokens.tokenizer.train_bpe` fed the "
         "stage's streamed sample (digits split); *bare* is `tokenizers.ByteLevelBPETokenizer` fed the "
         "sample as a list. Best of " + str(len(r["seconds"]["solo"])) + " alternating runs.", "",
         "| | solo | bare | ratio | goal |", "| --- | ---: | ---: | ---: | --- |",

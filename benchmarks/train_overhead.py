@@ -5,11 +5,11 @@ single-process PyTorch loop on the same model, batch and token shards.
                                                   [--micro-batch 8] [--warmup 10] [--steps 10] [--zero-stages 3 0]
 
 Token shards are built once from real text (tinyshakespeare and WikiText-2) with solo's own code
-(`solo.tokenizer.train_bpe`, `solo.tokens.pack` and `ShardWriter`). For each preset:
+(`solo.tokens.tokenizer.train_bpe`, `solo.tokens.shards.pack` and `ShardWriter`). For each preset:
   - plain: `LlamaForCausalLM` of the same preset, torch AdamW (fp32), gradient accumulation to the
     same global batch, clipping at the same norm, the same learning-rate schedule and the same rows
     (`ShardLoader`), in this process with `torch.set_num_threads(N)`;
-  - ours: `solo.train.run_training` on a private Ray of 2 CPUs, `workers` 1 and 2 (one CPU each: Ray
+  - ours: `solo.train.loop.run_training` on a private Ray of 2 CPUs, `workers` 1 and 2 (one CPU each: Ray
     sets OMP_NUM_THREADS, so torch threads, to a worker's CPUs), no offload, fp32, at each ZeRO stage
     of `--zero-stages` (3, the project's default, and 0: what ZeRO-3's partitioning costs by itself).
 Both time `--steps` optimizer steps after `--warmup` steps: ours from its own tokens/s window
@@ -34,8 +34,8 @@ RAY_CPUS = 2
 
 def build_shards(folder: Path, seq_len: int, vocab_size: int) -> Path:
     """A BPE tokenizer and training rows from real text, with solo's own tokenizer and packing code."""
-    from solo import tokenizer as tok
-    from solo.tokens import ShardWriter, pack, token_dtype
+    from solo.tokens import tokenizer as tok
+    from solo.tokens.shards import ShardWriter, pack, token_dtype
 
     texts = [(DATA / "tinyshakespeare" / "input.txt").read_text(), (DATA / "wikitext2" / "valid.txt").read_text()]
     tokenizer = tok.train_bpe(texts, vocab_size=vocab_size, min_frequency=2)
@@ -65,10 +65,10 @@ def plain_loop(config, work: Path, threads: int, warmup: int) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
-    from solo import model as presets
-    from solo.tokenizer import load, stop_token_ids
-    from solo.tokens import ShardLoader, TokenShards
-    from solo.train import learning_rate
+    from solo.train import presets
+    from solo.tokens.tokenizer import load, stop_token_ids
+    from solo.tokens.shards import ShardLoader, TokenShards
+    from solo.train.loop import learning_rate
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -107,7 +107,7 @@ def our_loop(config, work: Path, output: Path) -> dict:
     """solo's own `run_training`; tokens/s of the window after the warm-up, from its metrics.csv."""
     import csv
 
-    from solo.train import TrainJob, run_training
+    from solo.train.loop import TrainJob, run_training
 
     output.mkdir(parents=True)
     started = time.perf_counter()
@@ -202,7 +202,7 @@ def markdown(r: dict) -> str:
         f"Rows of {r['seq_len']} tokens (tinyshakespeare and WikiText-2, a {r['vocab_size']:,}-token BPE), global batch "
         f"{r['global_batch']} sequences in micro-batches of {r['micro_batch']}, AdamW, fp32, gradient clipping, "
         f"{r['measured_steps']} optimizer steps timed after {r['warmup_steps']} of warm-up. *ours*: "
-        f"`solo.train.run_training` (Ray Train, DeepSpeed at ZeRO stage " + "/".join(map(str, r["zero_stages"])) + ", no offload, gloo between workers) "
+        f"`solo.train.loop.run_training` (Ray Train, DeepSpeed at ZeRO stage " + "/".join(map(str, r["zero_stages"])) + ", no offload, gloo between workers) "
         "on a private Ray of 2 CPUs, one CPU and so one torch thread per worker; *plain*: the same model and "
         "rows in one process, torch AdamW, `torch.set_num_threads` = our worker count (the same cores).", "",
         "| preset | parameters | ZeRO stage (ours) | workers (ours) / threads (plain) | plain tokens/s | our tokens/s "

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from solo.entry import job_parser, main_guard
+from solo.cli.jobs import job_parser, main_guard
 
 
 @main_guard
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_model(model: Path, config, output: Path | None) -> dict:
     """The benchmarks alone, on any Hugging Face causal LM folder that solo's tokenizer loader reads."""
-    from solo.evaluate import load_model
+    from solo.evals.bpb import load_model
     from solo.evals.suite import run_tasks
     from solo.store import solo_home
 

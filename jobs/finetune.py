@@ -22,7 +22,7 @@ A killed run resumes from its last checkpoint when submitted again.
 
 import sys
 
-from solo.entry import stage_job
+from solo.cli.jobs import stage_job
 
 if __name__ == "__main__":
     sys.exit(stage_job("finetune", __doc__, model_from="pretrain"))

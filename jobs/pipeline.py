@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from solo.config import InputSpec, PipelineConfig, default_config_path, load_config
-from solo.entry import job_parser, main_guard
+from solo.cli.jobs import job_parser, main_guard
 from solo.pipeline import STAGES, exported_model_dir, run_pipeline
 from solo.report import write_report
 from solo.store import RunStore

@@ -13,7 +13,7 @@ Writes data/ (parquet), dropped/ (what each rule dropped, and why), report.json 
 
 import sys
 
-from solo.entry import stage_job
+from solo.cli.jobs import stage_job
 
 if __name__ == "__main__":
     sys.exit(stage_job("prepare_data", __doc__))

@@ -20,7 +20,7 @@ DeepSpeed's universal checkpoint).
 
 import sys
 
-from solo.entry import stage_job
+from solo.cli.jobs import stage_job
 
 if __name__ == "__main__":
     sys.exit(stage_job("pretrain", __doc__, data_from="tokenize"))

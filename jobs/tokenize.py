@@ -6,7 +6,7 @@ Writes tokens/{train,val}/ (uint16 or uint32 shards and an index), split by docu
 
 import sys
 
-from solo.entry import stage_job
+from solo.cli.jobs import stage_job
 
 if __name__ == "__main__":
     sys.exit(stage_job("tokenize", __doc__, data_from="prepare_data"))

@@ -11,7 +11,7 @@ input), beside Hugging Face's plain byte-level BPE of the same size trained on t
 
 import sys
 
-from solo.entry import stage_job
+from solo.cli.jobs import stage_job
 
 if __name__ == "__main__":
     sys.exit(stage_job("tokenizer", __doc__, data_from="prepare_data"))

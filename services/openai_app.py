@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 
 from solo.config import ServeConfig
 from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, in_messages
-from solo.serving.plan import ModelPlan, build_engine, deployment_options
+from solo.serving.deployment import ModelPlan, build_engine, deployment_options
 from solo.serving.security import Limits, read_key_digests
 
 
@@ -97,8 +97,8 @@ class RemoteEngine(Engine):
 class Gateway:
     async def __init__(self, servers: list[DeploymentHandle], plans: list[ModelPlan], max_new_tokens: int,
                        limits: Limits):
-        from solo.serving.gateway import ServedModel, build_gateway
-        from solo.tokenizer import load
+        from solo.serving.http.app import ServedModel, build_gateway
+        from solo.tokens.tokenizer import load
 
         bases, adapters = [], []
         for server, plan in zip(servers, plans):
@@ -119,7 +119,7 @@ def limits(config: ServeConfig) -> Limits:
 
 
 def build_app(config: ServeConfig, plans: list[ModelPlan]) -> serve.Application:
-    """A deployment per model (`solo.serving.plan.deployment_options`: replicas, autoscaling,
+    """A deployment per model (`solo.serving.deployment.deployment_options`: replicas, autoscaling,
     GPUs) behind one gateway."""
     servers = [LLMServer.options(name=plan.deployment_name(index), **deployment_options(plan, config)
                                  ).bind(plan, config.max_concurrent, config.stream_interval,

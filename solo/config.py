@@ -335,10 +335,10 @@ class TrainConfig(Schema):
     optim: OptimConfig = OptimConfig()
     strategy: StrategyConfig | Literal["auto"] = Field(
         default=StrategyConfig(), description="how to spread the model over workers and memory; auto: the fastest "
-        "that fits this machine, chosen by the planner (solo.planner, `solo plan`) before training starts")
+        "that fits this machine, chosen by the planner (solo.train.planner, `solo plan`) before training starts")
     engine: Literal["deepspeed", "stream"] = Field(
         default="deepspeed", description="deepspeed: ZeRO sharding and offload as `strategy` says; stream: weights "
-        "and Adam state in host memory, streamed to the device a layer at a time (solo.stream; full-weight "
+        "and Adam state in host memory, streamed to the device a layer at a time (solo.train.stream; full-weight "
         "training only, fp32 or bf16; ZeRO and offload settings do not apply)")
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=50, ge=1)

@@ -51,7 +51,7 @@ def model_dir(folder: Path) -> Path:
 
 
 def run_prepare_data(ctx: StageContext) -> dict:
-    from solo import data
+    from solo.data import stage as data
 
     return data.prepare(ctx.config.data, ctx.output, progress=ctx.log)
 
@@ -61,7 +61,7 @@ def run_tokenizer(ctx: StageContext) -> dict:
     upstream (`jobs.train_tokenizer --input`), of the raw inputs in `config.data.inputs`."""
     import functools
 
-    from solo import tokenizer as tok
+    from solo.tokens import tokenizer as tok
 
     if "prepare_data" in ctx.inputs:
         documents = functools.partial(tok.prepared_documents, ctx.inputs["prepare_data"] / "data")
@@ -72,8 +72,8 @@ def run_tokenizer(ctx: StageContext) -> dict:
 
 
 def run_tokenize(ctx: StageContext) -> dict:
-    from solo import tokenizer as tok
-    from solo.tokens import tokenize
+    from solo.tokens import tokenizer as tok
+    from solo.tokens.shards import tokenize
 
     cfg = ctx.config.tokenize
     return tokenize(ctx.inputs["prepare_data"] / "data", tok.load(ctx.inputs["tokenizer"]), ctx.output,
@@ -86,7 +86,7 @@ def _val_bytes_per_token(tokens_dir: Path) -> float | None:
 
 
 def run_pretrain(ctx: StageContext) -> dict:
-    from solo.train import TrainJob, run_training
+    from solo.train.loop import TrainJob, run_training
 
     tokens = ctx.inputs["tokenize"]
     job = TrainJob(config=ctx.config.pretrain, train_dir=str(tokens / "train"), val_dir=str(tokens / "val"),
@@ -96,9 +96,9 @@ def run_pretrain(ctx: StageContext) -> dict:
 
 
 def run_finetune(ctx: StageContext) -> dict:
-    from solo import tokenizer as tok
-    from solo.sft import build_sft_rows
-    from solo.train import TrainJob, run_training
+    from solo.tokens import tokenizer as tok
+    from solo.train.sft import build_sft_rows
+    from solo.train.loop import TrainJob, run_training
 
     cfg = ctx.config.finetune
     rows = build_sft_rows(tok.load(ctx.inputs["tokenizer"]), cfg, ctx.output / "rows")
@@ -106,7 +106,7 @@ def run_finetune(ctx: StageContext) -> dict:
             f"learn from, {rows['val_rows']:,} held out, {rows['skipped']:,} records skipped (rows/report.json)")
     base = model_dir(ctx.inputs["pretrain"])
     if cfg.trains_adapters():
-        from solo.adapters import check_target_modules
+        from solo.train.adapters import check_target_modules
 
         check_target_modules(base, cfg)
     job = TrainJob(config=cfg, train_dir=str(ctx.output / "rows" / "train"), val_dir=str(ctx.output / "rows" / "val"),
@@ -126,10 +126,10 @@ def run_finetune(ctx: StageContext) -> dict:
 def run_evaluate(ctx: StageContext) -> dict:
     """Bits per byte of both models on held-out text; the benchmarks (evaluate.tasks) and sample
     answers on the fine-tuned one, the model the run ships."""
-    from solo import evaluate
+    from solo.evals import bpb as evaluate
     from solo.evals.suite import run_tasks
-    from solo.tokenizer import prepared_documents
-    from solo.tokens import is_validation
+    from solo.tokens.tokenizer import prepared_documents
+    from solo.tokens.shards import is_validation
 
     cfg = ctx.config.evaluate
     held_out = [text for id_, text, _ in prepared_documents(ctx.inputs["prepare_data"] / "data")
@@ -166,7 +166,7 @@ def run_evaluate(ctx: StageContext) -> dict:
 
 def run_export(ctx: StageContext) -> dict:
     """A Hugging Face folder (`LlamaForCausalLM` + tokenizer + chat template), proven to load."""
-    from solo import evaluate
+    from solo.evals import bpb as evaluate
 
     target = ctx.output / ctx.config.run
     shutil.copytree(model_dir(ctx.inputs["finetune"]), target)
@@ -299,7 +299,7 @@ def run_stage(name: str, config: PipelineConfig, run: RunStore, inputs: dict[str
     elif name != "pretrain":
         raise SoloError(f"{name} runs under Ray only; of the stages, pretrain alone runs under the deepspeed launcher")
     else:
-        from solo.train import start_launched
+        from solo.train.loop import start_launched
 
         start_launched(config.pretrain)
     return execute(stage, config, run, folders, keys, output or run.stage_dir(stage.folder), rank)

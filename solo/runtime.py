@@ -106,7 +106,7 @@ def init_deepspeed_group(cuda: bool, **rendezvous) -> None:
 
 
 def join_one_process_group(cuda: bool) -> None:
-    """Make this process the only rank of a torch.distributed group, so `solo.train.train_worker`
+    """Make this process the only rank of a torch.distributed group, so `solo.train.loop.train_worker`
     runs in it as under a one-process `deepspeed` launch: for benchmarks and tests."""
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it whenever one is built
     init_deepspeed_group(cuda, auto_mpi_discovery=False, init_method=f"tcp://127.0.0.1:{free_port()}",

@@ -13,9 +13,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
-    from solo import corpus
-    from solo.model import llama_config
-    from solo.tokenizer import stop_token_ids, train_bpe
+    from solo.data import corpus
+    from solo.train.presets import llama_config
+    from solo.tokens.tokenizer import stop_token_ids, train_bpe
 
     folder = tmp_path_factory.mktemp("tiny-model")
     tok = train_bpe((doc["text"] for doc in corpus.documents(max_documents=300)), vocab_size=1024, min_frequency=2)
@@ -76,9 +76,9 @@ def tiny_tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder as a run's tokenizer and tokenize stages leave it: tokenizer/ (a 512-token BPE on 60
     embedded documents) and tokens/{train,val}/ (rows of 64 tokens, split by document as tokenize
     does). Built once per session (~3 s)."""
-    from solo import corpus
-    from solo import tokenizer as tok
-    from solo.tokens import ShardWriter, is_validation, pack, token_dtype
+    from solo.data import corpus
+    from solo.tokens import tokenizer as tok
+    from solo.tokens.shards import ShardWriter, is_validation, pack, token_dtype
 
     seq_len = 64
     folder = tmp_path_factory.mktemp("tiny-tokens")
@@ -114,7 +114,7 @@ def gloo_group():
 
 class PickedCheckpointSink:
     """Each checkpoint in a folder of its own, like Ray Train's; `resume_from` plays a restarted
-    worker handed that checkpoint. (`solo.checkpoints.FolderSink` always resumes from the newest.)"""
+    worker handed that checkpoint. (`solo.train.checkpoints.FolderSink` always resumes from the newest.)"""
 
     def __init__(self, root: Path, resume_from: Path | None = None):
         self.root, self.resume_from = root, resume_from

@@ -13,8 +13,8 @@ from contextlib import aclosing
 from typing import Sequence
 
 from solo.serving.engine import Engine, SamplingParams
-from solo.serving.gateway import TextStream
-from solo.tokenizer import stop_token_ids
+from solo.serving.http.app import TextStream
+from solo.tokens.tokenizer import stop_token_ids
 
 
 def cpu_engine(model, batch_size: int) -> Engine:

@@ -33,7 +33,7 @@ class SoloLM(LM):
 
     def __init__(self, pretrained: str | Path, batch_size: int | str = 16, max_gen_toks: int | str = 256):
         super().__init__()
-        from solo.evaluate import load_model
+        from solo.evals.bpb import load_model
 
         self.model, self.tokenizer = load_model(pretrained)
         self.batch_size, self.max_gen_toks = int(batch_size), int(max_gen_toks)

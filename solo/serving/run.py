@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from solo.config import ServeConfig
 from solo.errors import SoloError
-from solo.serving.plan import ModelPlan, plan_models, replica_cpus_needed
+from solo.serving.deployment import ModelPlan, plan_models, replica_cpus_needed
 
 APP_NAME = "solo"
 READY_TIMEOUT_S = 120.0

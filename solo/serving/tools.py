@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from solo.serving.protocol import FunctionCallOut, ToolCallOut
-from solo.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from solo.tokens.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 
 def tool_call_id() -> str:

@@ -43,13 +43,13 @@ def engine(loop, tiny_model_dir, tiny_lora):  # shut down before its loop closes
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from solo.tokenizer import load
+    from solo.tokens.tokenizer import load
 
     return load(tiny_model_dir)
 
 
 def prompt(tokenizer, question: str) -> list[int]:
-    from solo.tokenizer import render_chat
+    from solo.tokens.tokenizer import render_chat
 
     return render_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)[0]
 
@@ -72,7 +72,7 @@ def test_greedy_decoding_matches_hf_generate(loop, engine, tokenizer, tiny_model
     from transformers import LlamaForCausalLM
 
     from solo.serving.engine import SamplingParams
-    from solo.tokenizer import stop_token_ids
+    from solo.tokens.tokenizer import stop_token_ids
 
     reference = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = prompt(tokenizer, question)
@@ -85,7 +85,7 @@ def test_greedy_decoding_matches_hf_generate(loop, engine, tokenizer, tiny_model
 
 def test_json_schema_output_parses_and_matches(loop, engine, tokenizer):
     from solo.serving.engine import SamplingParams
-    from solo.tokenizer import stop_token_ids
+    from solo.tokens.tokenizer import stop_token_ids
 
     schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
               "required": ["answer", "sure"], "additionalProperties": False}

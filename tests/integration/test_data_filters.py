@@ -8,7 +8,8 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
-from solo import data, quality_classifier
+from solo.data import stage as data
+from solo.data import classifier as quality_classifier
 from solo.config import REPO_ROOT, BoilerplateConfig, DataConfig, DedupConfig, FilterConfig, InputSpec, \
     QualityClassifierConfig
 

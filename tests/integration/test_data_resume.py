@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from solo import data, neardedup
+from solo.data import stage as data
+from solo.data import neardedup
 from solo.config import (REPO_ROOT, DataConfig, DecontamConfig, EvalSetSpec, InputSpec, MixingConfig,
                          PipelineConfig, default_config_path, load_config)
 from solo.pipeline import run_pipeline

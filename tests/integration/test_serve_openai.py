@@ -299,7 +299,7 @@ def merged_greedy_answer(base: Path, adapter: Path, max_tokens: int) -> str:
     from peft import PeftModel
     from transformers import LlamaForCausalLM
 
-    from solo.tokenizer import load, render_chat, stop_token_ids
+    from solo.tokens.tokenizer import load, render_chat, stop_token_ids
 
     tokenizer = load(base)
     model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload().eval()

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from solo import corpus
-from solo import tokenizer as tok
-from solo.tokens import TokenShards, is_validation, tokenize
+from solo.data import corpus
+from solo.tokens import tokenizer as tok
+from solo.tokens.shards import TokenShards, is_validation, tokenize
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,7 @@ def test_training_spreads_over_two_nodes_and_checkpoints_to_shared_storage(two_n
     import ray
     from ray.util.state import list_actors
 
-    from solo.train import TrainJob, run_training
+    from solo.train.loop import TrainJob, run_training
 
     data = tiny_tokens
     config = TrainConfig(model="demo", workers=2, micro_batch=2, global_batch=4, max_steps=2, log_every=1,

@@ -1,4 +1,4 @@
-from solo import corpus
+from solo.data import corpus
 
 
 def test_embedded_corpus_is_real_text_and_reproducible():

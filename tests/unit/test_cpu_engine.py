@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 
 from solo.serving.cpu_engine import CpuEngine, penalize
 from solo.serving.engine import Delta, EngineLoad, SamplingParams, in_messages
-from solo.tokenizer import load, render_chat, stop_token_ids
+from solo.tokens.tokenizer import load, render_chat, stop_token_ids
 
 QUESTIONS = ["What does json.dumps do?", "Explain the for statement."]
 

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from solo.config import DataConfig, FilterConfig, InputSpec, LanguageConfig
-from solo.data import clean, normalize, parse_file
+from solo.data.stage import clean, normalize, parse_file
 
 
 def test_normalize_nfc_controls_and_whitespace():

@@ -8,9 +8,9 @@ import random
 import numpy as np
 
 from solo.config import REPO_ROOT, DecontamConfig, DedupConfig, EvalSetSpec, MixingConfig
-from solo.decontam import build_index, mark_contaminated
-from solo.mixing import apply, draw, plan
-from solo.neardedup import (jaccard, near_duplicates_in_memory, shared_words, shingle_sequence, shingles, similarity,
+from solo.data.decontam import build_index, mark_contaminated
+from solo.data.mixing import apply, draw, plan
+from solo.data.neardedup import (jaccard, near_duplicates_in_memory, shared_words, shingle_sequence, shingles, similarity,
                              verify)
 
 DATA = REPO_ROOT.parent / "shared" / "data"

@@ -15,7 +15,7 @@ import pytest
 from solo.serving.cpu_engine import CpuEngine
 from solo.serving.engine import Delta, Engine, SamplingParams
 from solo.serving.engine_process import EngineProcess, serve_engine
-from solo.tokenizer import load, stop_token_ids
+from solo.tokens.tokenizer import load, stop_token_ids
 
 PROMPTS = [[5, 17, 42, 99, 7], [7, 8, 9, 10, 11, 12], [300, 2], [99] * 10]
 

@@ -14,7 +14,7 @@ from solo.evals import suite, tasks
 from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import encode_pair, loglikelihoods, text_loglikelihood
 from solo.serving.engine import Delta, Engine
-from solo.tokenizer import stop_token_ids
+from solo.tokens.tokenizer import stop_token_ids
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_tasks import write_benchmarks  # noqa: E402  (the same small benchmark tree)
@@ -22,7 +22,7 @@ from test_eval_tasks import write_benchmarks  # noqa: E402  (the same small benc
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from solo.evaluate import load_model
+    from solo.evals.bpb import load_model
 
     return load_model(tiny_model_dir)
 
@@ -88,7 +88,7 @@ def test_batched_scores_equal_one_at_a_time(tiny, tmp_path):
 
 
 def test_rolling_loglikelihood_matches_bits_per_byte(tiny):
-    from solo.evaluate import bits_per_byte
+    from solo.evals.bpb import bits_per_byte
 
     model, tokenizer = tiny
     text = "Return a JSON string for the object. " * 40   # several windows

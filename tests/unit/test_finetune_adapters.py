@@ -10,7 +10,7 @@ import torch
 
 from solo.config import FinetuneConfig, checkout_root, load_config
 from solo.runtime import worker_env
-from solo.train import TrainJob, deepspeed_config, train_worker
+from solo.train.loop import TrainJob, deepspeed_config, train_worker
 
 for key, value in worker_env().items():
     os.environ.setdefault(key, value)
@@ -19,8 +19,8 @@ ALPACA = (checkout_root() / "../shared/data/alpaca/alpaca_5000.json").resolve()
 
 
 def alpaca_rows(tokenizer_dir: Path, config: FinetuneConfig, folder: Path) -> Path:
-    from solo.sft import build_sft_rows
-    from solo.tokenizer import load
+    from solo.train.sft import build_sft_rows
+    from solo.tokens.tokenizer import load
 
     build_sft_rows(load(tokenizer_dir), config, folder, val_fraction=0.1)
     return folder
@@ -81,7 +81,7 @@ def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_d
 
 
 def test_a_target_module_the_model_lacks_is_named_before_any_worker_starts(tiny_model_dir):
-    from solo.adapters import check_target_modules
+    from solo.train.adapters import check_target_modules
     from solo.errors import SoloError
 
     check_target_modules(tiny_model_dir, load_config(FinetuneConfig, None, ["method=lora"]))

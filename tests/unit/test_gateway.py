@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solo.serving.engine import Delta, Engine, SamplingParams
-from solo.serving.gateway import ServedModel, TextStream, build_gateway
-from solo.tokenizer import END_OF_TURN, load, render_chat, stop_token_ids
+from solo.serving.http.app import ServedModel, TextStream, build_gateway
+from solo.tokens.tokenizer import END_OF_TURN, load, render_chat, stop_token_ids
 
 MODEL = "tiny"
 ANSWER = "Héllo wörld — naïve café ✓ 日本語 done."

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from solo import planner
-from solo.cli import main
+from solo.train import planner
+from solo.cli.main import main
 from solo.config import ConfigError, FinetuneConfig, StrategyConfig, TrainConfig, load_config
-from solo.model import PRESETS, llama_config, parameter_count
-from solo.train import TrainJob
+from solo.train.presets import PRESETS, llama_config, parameter_count
+from solo.train.loop import TrainJob
 
 GB = 1024**3
 USABLE = 1 - planner.MEMORY_MARGIN
@@ -106,7 +106,7 @@ def cpu_row(preset: str, zero_stage: int, optimizer: str, params: str) -> tuple[
 
 
 def test_the_gradient_bucket_is_counted_where_it_lives():
-    # DeepSpeed's reduce bucket at ZeRO-1..3: 2^24 = 16,777,216 elements (solo.train sets reduce_bucket_size).
+    # DeepSpeed's reduce bucket at ZeRO-1..3: 2^24 = 16,777,216 elements (solo.train.loop sets reduce_bucket_size).
     # On a GPU, allocated whole in bf16: 32 MiB, and at ZeRO-3 the reduce-scatter's concatenated copy, 32 MiB
     # more. On the CPU, fp32 and only as far as gradients fill it; at ZeRO-3 DeepSpeed's copy and gloo's: 12 bytes
     # an element, of the bucket or of a smaller model; ZeRO-2 reduces it in place, 4 bytes an element.

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from solo import quality_classifier
+from solo.data import classifier as quality_classifier
 from solo.config import DataConfig, FilterConfig, QualityClassifierConfig
-from solo.data import clean
+from solo.data.stage import clean
 from solo.errors import SoloError
 
 WEBTEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "webtext"

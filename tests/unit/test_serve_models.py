@@ -16,12 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from solo.cli import parser, serve_config
+from solo.cli.main import parser, serve_config
 from solo.config import ServeConfig, ServedModelConfig
 from solo.errors import SoloError
-from solo.serving import plan as planning
-from solo.serving.gateway import ServedModel, build_gateway
-from solo.serving.plan import deployment_options, pick_engine, plan_models, replica_cpus_needed
+from solo.serving import deployment as planning
+from solo.serving.http.app import ServedModel, build_gateway
+from solo.serving.deployment import deployment_options, pick_engine, plan_models, replica_cpus_needed
 from solo.runtime import free_port
 from solo.serving.run import check_resources, wait_until_healthy
 from solo.serving.vllm_engine import max_lora_rank, to_delta
@@ -206,7 +206,7 @@ def test_waiting_for_a_server_ends_when_its_process_exits():
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from solo.tokenizer import load
+    from solo.tokens.tokenizer import load
 
     return load(tiny_model_dir)
 

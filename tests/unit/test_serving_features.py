@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solo.serving.engine import TokenLogprob
-from solo.serving.gateway import ServedModel, build_gateway
+from solo.serving.http.app import ServedModel, build_gateway
 from solo.serving.security import Limits, RateLimiter, digest, read_key_digests
 from solo.serving.tools import ToolCallStream
-from solo.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from solo.tokens.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from tests.unit.test_gateway import MODEL, USER, FakeEngine, assert_error, events
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -26,7 +26,7 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"typ
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from solo.tokenizer import load
+    from solo.tokens.tokenizer import load
 
     return load(tiny_model_dir)
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from solo import corpus
-from solo import tokenizer as tok
-from solo.chat_formats import SkipCounts, read_conversations
+from solo.data import corpus
+from solo.tokens import tokenizer as tok
+from solo.train.chat_formats import SkipCounts, read_conversations
 from solo.errors import SoloError
-from solo.model import llama_config
-from solo.sft import RowPacker, build_sft_rows, masked_tokens
-from solo.tokens import IGNORE, ShardWriter, TokenShards
+from solo.train.presets import llama_config
+from solo.train.sft import RowPacker, build_sft_rows, masked_tokens
+from solo.tokens.shards import IGNORE, ShardWriter, TokenShards
 
 MESSAGES = [{"role": "user", "content": "What does len do?"},
             {"role": "assistant", "content": "Return the number of items in a container."}]
@@ -168,7 +168,7 @@ def test_packed_rows_restart_positions_and_keep_every_label(tmp_path):
 def test_a_packed_conversation_attends_only_to_itself(tmp_path):
     """Its logits after another conversation in the same row equal its logits alone, and the first
     conversation's are untouched by the one after it: no token sees another conversation. The model
-    is called as solo.train.model_inputs calls it: position ids, no attention mask, no KV cache."""
+    is called as solo.train.loop.model_inputs calls it: position ids, no attention mask, no KV cache."""
     tokenizer = small_tokenizer(tmp_path)
     first, _ = masked_tokens(tokenizer, MESSAGES, 64)
     second, _ = masked_tokens(tokenizer, [{"role": "user", "content": "And what does sorted do?"},

@@ -1,4 +1,4 @@
-"""The layer-streaming engine (`engine: stream`, solo.stream) on the host, where the device is host memory:
+"""The layer-streaming engine (`engine: stream`, solo.train.stream) on the host, where the device is host memory:
 its gradients against a plain PyTorch backward, its losses against DeepSpeed's engine through the same
 training loop (one process, gloo), exact resume from its own checkpoints and from DeepSpeed's, and the
 optimizer step on a background thread overlapping the next forward without changing a bit."""
@@ -22,8 +22,8 @@ for key, value in worker_env().items():
 
 from solo.config import FinetuneConfig, TrainConfig, load_config  # noqa: E402
 from solo.errors import SoloError  # noqa: E402
-from solo.checkpoints import check_resumable  # noqa: E402
-from solo.train import TrainJob, train_worker  # noqa: E402
+from solo.train.checkpoints import check_resumable  # noqa: E402
+from solo.train.loop import TrainJob, train_worker  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def tiny_llama():
     """The demo shape cut to two decoder layers, seeded."""
     from transformers import LlamaForCausalLM
 
-    from solo.model import llama_config
+    from solo.train.presets import llama_config
 
     config = llama_config("demo", vocab_size=512, seq_len=32)
     config.num_hidden_layers = 2
@@ -58,7 +58,7 @@ def micro_batch(seed: int) -> dict:
 
 
 def test_gradients_equal_a_plain_pytorch_backward():
-    from solo.stream import StreamEngine
+    from solo.train.stream import StreamEngine
 
     model = tiny_llama()
     reference = copy.deepcopy(model)
@@ -86,8 +86,8 @@ def test_optimizer_step_overlaps_the_next_forward_and_changes_no_bit(monkeypatch
     the head's update (the overlap)."""
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-    from solo.stream import StreamEngine
-    from solo.train import learning_rate
+    from solo.train.stream import StreamEngine
+    from solo.train.loop import learning_rate
 
     config = load_config(TrainConfig, None, ["optim.warmup_steps=2", "max_steps=3"])
     model = tiny_llama()
@@ -161,7 +161,7 @@ def test_optimizer_step_overlaps_the_next_forward_and_changes_no_bit(monkeypatch
 
 
 def test_an_error_in_the_background_optimizer_step_is_raised_in_the_training_thread(monkeypatch):
-    from solo.stream import StreamEngine
+    from solo.train.stream import StreamEngine
 
     engine = StreamEngine(tiny_llama(), TrainConfig(), torch.device("cpu"), accumulation=1)
 
@@ -179,9 +179,9 @@ def test_an_error_in_the_background_optimizer_step_is_raised_in_the_training_thr
 
 
 def token_rows(tokenizer_dir: Path, folder: Path) -> Path:
-    from solo import corpus
-    from solo.tokenizer import load
-    from solo.tokens import ShardWriter, pack, token_dtype
+    from solo.data import corpus
+    from solo.tokens.tokenizer import load
+    from solo.tokens.shards import ShardWriter, pack, token_dtype
 
     tokenizer = load(tokenizer_dir)
     documents = [tokenizer.encode(d["text"]) for d in corpus.documents(max_documents=12)]

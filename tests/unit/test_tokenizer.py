@@ -1,7 +1,7 @@
 import pytest
 
-from solo import corpus
-from solo import tokenizer as tok
+from solo.data import corpus
+from solo.tokens import tokenizer as tok
 
 
 @pytest.fixture(scope="module")

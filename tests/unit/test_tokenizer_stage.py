@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from solo import corpus
-from solo import tokenizer as tok
+from solo.data import corpus
+from solo.tokens import tokenizer as tok
 from solo.config import InputSpec, TokenizerConfig
-from solo.tokens import is_validation
+from solo.tokens.shards import is_validation
 
 VAL = 0.1
 
@@ -88,7 +88,7 @@ def test_stage_writes_a_tokenizer_and_a_report_beside_plain_bpe(tmp_path, texts)
 
 def test_train_tokenizer_job_reads_raw_inputs(tmp_path, monkeypatch, capsys, texts):
     from solo import runtime
-    from solo.entry import stage_job
+    from solo.cli.jobs import stage_job
 
     monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: None)  # the tokenizer needs no Ray
     monkeypatch.setenv("SOLO_HOME", str(tmp_path / "home"))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from solo.tokens import LoaderState, ShardLoader, ShardWriter, TokenShards, is_validation, pack
+from solo.tokens.shards import LoaderState, ShardLoader, ShardWriter, TokenShards, is_validation, pack
 
 
 def write_rows(folder, rows=40, seq_len=8, rows_per_shard=7):

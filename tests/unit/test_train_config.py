@@ -2,11 +2,11 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from solo.checkpoints import checkpoint_workers, convert_for_worker_count, newest_checkpoint, resumes_universal
+from solo.train.checkpoints import checkpoint_workers, convert_for_worker_count, newest_checkpoint, resumes_universal
 from solo.config import TrainConfig, load_config
 from solo.errors import SoloError
-from solo.model import PRESETS, flops_per_token, llama_config, parameter_count
-from solo.train import checkpoint_due, deepspeed_config, learning_rate
+from solo.train.presets import PRESETS, flops_per_token, llama_config, parameter_count
+from solo.train.loop import checkpoint_due, deepspeed_config, learning_rate
 
 
 def test_deepspeed_config_is_generated_from_ours():
@@ -125,7 +125,7 @@ def test_nvme_offload_needs_a_writable_folder(tmp_path, path, error):
 
 
 def test_the_launchers_process_count_must_match_workers(monkeypatch):
-    from solo.train import start_launched
+    from solo.train.loop import start_launched
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SoloError, match="launcher started 2 processes but the config says workers: 1.*--set workers=2"):

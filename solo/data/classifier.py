@@ -24,7 +24,7 @@ import numpy as np
 
 from solo.config import InputSpec, QualityClassifierConfig, checkout_root
 from solo.errors import SoloError
-from solo.ngrams import ngram_hashes, word_hashes, words
+from solo.data.ngrams import ngram_hashes, word_hashes, words
 
 MODEL_FILE = "quality_classifier.npz"
 
@@ -48,7 +48,7 @@ class Model:
 
 
 def example_files(path: str) -> list[Path]:
-    from solo.data import resolve_files
+    from solo.data.stage import resolve_files
 
     resolved = (checkout_root() / Path(path).expanduser()).resolve()
     return resolve_files(InputSpec(path=str(resolved)))
@@ -57,7 +57,7 @@ def example_files(path: str) -> list[Path]:
 def read_examples(path: str, text_field: str) -> list[str]:
     """Texts of an example file or folder, read as inputs are and normalized as documents are;
     corrupt or empty records are skipped."""
-    from solo.data import normalize, parse_file
+    from solo.data.stage import normalize, parse_file
 
     texts = []
     for file in example_files(path):

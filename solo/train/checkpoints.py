@@ -148,10 +148,10 @@ def resumes_universal(folder: Path, workers: int) -> bool:
 def check_resumable(folder: Path, engine: str) -> None:
     """DeepSpeed cannot resume a stream checkpoint (its Adam state is not in ZeRO's shards); the stream
     engine resumes both kinds."""
-    from solo.stream import is_stream_checkpoint
+    from solo.train.stream import is_stream_checkpoint
 
     if engine == "stream":
-        return  # it reads any engine's checkpoint written on any worker count (solo.stream)
+        return  # it reads any engine's checkpoint written on any worker count (solo.train.stream)
     if is_stream_checkpoint(folder):
         raise SoloError(f"the checkpoint in {folder} was written by engine: stream, which DeepSpeed cannot resume; "
                         f"resume with --set engine=stream, or start the stage afresh")

@@ -51,7 +51,7 @@ from solo.serving.protocol import (
 from solo.serving.grammar import check_schema
 from solo.serving.security import Guard, Limits
 from solo.serving.tools import ToolCallStream
-from solo.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_chat, stop_token_ids
+from solo.tokens.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_chat, stop_token_ids
 
 log = logging.getLogger(__name__)
 

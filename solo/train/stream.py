@@ -21,7 +21,7 @@ the streams are torch.cpu's no-op stand-ins and nothing is copied (a unit's devi
 tensor, a gradient is added where it was computed), while the slots, events, double buffering and
 deferred gradient return run the same code as on a GPU.
 
-`StreamEngine` is driven exactly like DeepSpeed's engine by `solo.train.train_worker`:
+`StreamEngine` is driven exactly like DeepSpeed's engine by `solo.train.loop.train_worker`:
 `engine(**inputs).loss`, `engine.backward(loss)`, `engine.step()` each micro-batch (accumulation
 inside), `engine.module`, `train()`/`eval()`, `save_checkpoint` and `load_checkpoint`.
 
@@ -32,7 +32,7 @@ full state, so rank 0 alone writes. Resuming a stream checkpoint is exact. A str
 from a DeepSpeed checkpoint (any ZeRO stage, any worker count; ZeRO shards are consolidated with
 deepspeed.utils.zero_to_fp32): the weights, the step, the loader position and the RNG state carry
 over, and from ZeRO-1/2/3 Adam's moments too (a ZeRO-0 checkpoint's moments restart at zero). The
-other way, a DeepSpeed run from a stream checkpoint, is refused (`solo.checkpoints.check_resumable`).
+other way, a DeepSpeed run from a stream checkpoint, is refused (`solo.train.checkpoints.check_resumable`).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ class OverlappedAdam:
             try:
                 self._update_unit(k, settings)
             except BaseException as error:
-                error.add_note(f"in solo.stream's background optimizer step, unit {k} "
+                error.add_note(f"in solo.train.stream's background optimizer step, unit {k} "
                                "(0 is the embedding, then the decoder layers, then the head)")
                 for unfinished in futures[k:]:  # the later units are not updated either
                     unfinished.set_exception(error)

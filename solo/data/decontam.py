@@ -19,7 +19,7 @@ import numpy as np
 
 from solo.config import DecontamConfig, EvalSetSpec
 from solo.errors import SoloError
-from solo.ngrams import text_ngrams
+from solo.data.ngrams import text_ngrams
 
 
 def _files(spec: EvalSetSpec, suffix: str) -> list[Path]:

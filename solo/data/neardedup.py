@@ -36,7 +36,7 @@ import numpy as np
 import xxhash
 
 from solo.config import DedupConfig
-from solo.ngrams import mix64, ngram_hashes, word_hashes, words
+from solo.data.ngrams import mix64, ngram_hashes, word_hashes, words
 
 _PRIME = np.uint64((1 << 61) - 1)
 _CHUNK = 2048  # shingles per step, so a 200 kB document never holds a 35,000 × 112 matrix

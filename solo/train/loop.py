@@ -1,11 +1,11 @@
 """The training loop: DeepSpeed (ZeRO 0–3, CPU or NVMe offload) or the layer-streaming engine
-(solo.stream) on each worker, driven by Ray Train or, without Ray, by the `deepspeed` launcher.
+(solo.train.stream) on each worker, driven by Ray Train or, without Ray, by the `deepspeed` launcher.
 
 One loop serves pretraining and fine-tuning: rows of (input_ids, labels) in, a Hugging Face
 model out. The model is stock `LlamaForCausalLM`; ZeRO sharding and offload are applied to it
 from outside through the DeepSpeed config, which is generated from `TrainConfig` here and
 never kept by hand. `train_worker` needs only torch.distributed and a `CheckpointSink`
-(solo.checkpoints), so the loop itself does not depend on Ray.
+(solo.train.checkpoints), so the loop itself does not depend on Ray.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from solo.checkpoints import (UNIVERSAL, CheckpointSink, FolderSink, RaySink, check_resumable,
+from solo.train.checkpoints import (UNIVERSAL, CheckpointSink, FolderSink, RaySink, check_resumable,
                               convert_for_worker_count, resumes_universal)
 from solo.config import TrainConfig
 from solo.errors import SoloError
@@ -93,7 +93,7 @@ def deepspeed_config(config: TrainConfig, workers: int) -> dict:
 # whole model when smaller, and ZeRO-3's reduce-scatter copies it (on the CPU twice), so at 5e8 a 125M model held
 # its gradients three more times in host memory (0.9 GB measured, benchmarks/results/planner_vs_measured.md).
 # 16M elements still moves tens of MB per collective, where NCCL and gloo run at full bandwidth. The planner
-# counts this bucket (solo.planner.reduce_bucket_bytes).
+# counts this bucket (solo.train.planner.reduce_bucket_bytes).
 REDUCE_BUCKET_ELEMENTS = 2**24
 
 # libaio settings for NVMe offload: DeepSpeed's defaults (1 MiB blocks, 8 requests in flight per thread).
@@ -149,13 +149,13 @@ def param_swap_buffer_elements(job: TrainJob) -> int:
     import torch.distributed as dist
     from transformers import AutoConfig
 
-    from solo.tokenizer import load
+    from solo.tokens.tokenizer import load
 
     if job.init_model_dir:
         shape = AutoConfig.from_pretrained(job.init_model_dir)
         vocab, hidden, intermediate = shape.vocab_size, shape.hidden_size, shape.intermediate_size
     else:
-        from solo.model import PRESETS
+        from solo.train.presets import PRESETS
 
         preset = PRESETS[job.config.model]
         vocab, hidden, intermediate = len(load(job.tokenizer_dir)), preset.hidden, preset.intermediate
@@ -172,14 +172,14 @@ def build_model(job: TrainJob, ds_config: dict | None, device):
     from transformers import LlamaForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    from solo import model as presets
-    from solo.tokenizer import load, stop_token_ids
+    from solo.train import presets
+    from solo.tokens.tokenizer import load, stop_token_ids
 
     if ds_config and ds_config["zero_optimization"].get("offload_param", {}).get("device") == "nvme":
         ds_config["zero_optimization"]["offload_param"]["buffer_size"] = param_swap_buffer_elements(job)
     zero3 = HfDeepSpeedConfig(ds_config) if ds_config and ds_config["zero_optimization"]["stage"] == 3 else None
     if job.config.trains_adapters():
-        from solo.adapters import adapter_model
+        from solo.train.adapters import adapter_model
 
         return adapter_model(job.init_model_dir, job.config, device), zero3
     if job.init_model_dir:
@@ -195,7 +195,7 @@ def build_model(job: TrainJob, ds_config: dict | None, device):
 
 def make_engine(job: TrainJob, workers: int, device, load_universal: bool = False):
     """The engine `engine:` names, both driven alike by train_worker: DeepSpeed's (ZeRO, offload) or the
-    layer-streaming one (solo.stream). Returns the engine, the optimizer whose param_groups take the
+    layer-streaming one (solo.train.stream). Returns the engine, the optimizer whose param_groups take the
     LR, the micro-batches per step, and what must stay alive while it trains. `load_universal`: the
     checkpoint to resume is DeepSpeed's universal one (written by another worker count)."""
     import deepspeed
@@ -206,7 +206,7 @@ def make_engine(job: TrainJob, workers: int, device, load_universal: bool = Fals
         ds_config["checkpoint"] = {"load_universal": True}
     accumulation = ds_config["gradient_accumulation_steps"]
     if config.engine == "stream":
-        from solo.stream import StreamEngine
+        from solo.train.stream import StreamEngine
 
         model, _ = build_model(job, None, device)
         model.train()
@@ -229,8 +229,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
     import torch
     import torch.distributed as dist
 
-    from solo import model as presets
-    from solo.tokens import LoaderState, ShardLoader, TokenShards
+    from solo.train import presets
+    from solo.tokens.shards import LoaderState, ShardLoader, TokenShards
 
     config = job.config
     setup_started = time.time()
@@ -373,7 +373,7 @@ def validation_loss(engine, val, rank: int, workers: int, config: TrainConfig, d
 
 def model_inputs(shards, indices, device) -> dict:
     """The model's keyword arguments for these rows: position ids too where rows are packed
-    conversations (they are what keeps one conversation from attending to another; see solo.sft)."""
+    conversations (they are what keeps one conversation from attending to another; see solo.train.sft)."""
     import torch
 
     input_ids, labels = shards.rows(indices)
@@ -409,7 +409,7 @@ def save_tokenizer(job: TrainJob, target: Path) -> None:
     """The tokenizer (with its chat template) and the stop tokens beside the weights, as serving wants them."""
     from transformers import GenerationConfig
 
-    from solo.tokenizer import load, stop_token_ids
+    from solo.tokens.tokenizer import load, stop_token_ids
 
     tokenizer = load(job.tokenizer_dir)
     tokenizer.save_pretrained(str(target))
@@ -418,7 +418,7 @@ def save_tokenizer(job: TrainJob, target: Path) -> None:
 
 
 def export_adapters(engine, job: TrainJob) -> None:
-    from solo.adapters import merge_into_base
+    from solo.train.adapters import merge_into_base
 
     output = Path(job.output_dir)
     # peft's own format: adapter_config.json (naming the base) and adapter_model.safetensors.
@@ -506,7 +506,7 @@ def run_training(job: TrainJob) -> dict:
     """Train under Ray Train, where a worker that dies restarts the group from the last checkpoint; or,
     in a process the `deepspeed` launcher started (one per GPU), run the loop here with checkpoints in
     the stage folder, from which a run started again resumes."""
-    from solo.planner import resolve_auto_strategy
+    from solo.train.planner import resolve_auto_strategy
     from solo.runtime import launched_rank, wait_for_all_ranks
 
     # `strategy: auto` becomes the planner's pick for this machine, once, before any worker starts.

@@ -16,7 +16,7 @@ def load_model(model_dir: str | Path):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
-    from solo.tokenizer import load
+    from solo.tokens.tokenizer import load
 
     logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
@@ -57,7 +57,7 @@ def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int) ->
     """Greedy answers to one-turn chats, rendered by the model's chat template and decoded by the
     serving engine: what `solo serve` would answer at temperature 0."""
     from solo.evals.generate import cpu_engine, greedy_ids
-    from solo.tokenizer import render_chat
+    from solo.tokens.tokenizer import render_chat
 
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)[0]
                for q in questions]

@@ -20,7 +20,7 @@ import numpy as np
 from tokenizers import ByteLevelBPETokenizer, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from solo.tokens import is_validation
+from solo.tokens.shards import is_validation
 
 if TYPE_CHECKING:
     from solo.config import InputSpec, TokenizerConfig
@@ -149,7 +149,7 @@ def prepared_documents(data_dir: Path) -> Iterator[Document]:
 def raw_documents(inputs: Iterable[InputSpec]) -> Iterator[Document]:
     """Raw inputs as the data stage reads them (its file parsers, its normalization), one file at
     a time; corrupt and empty records are skipped. No filters or dedup: BPE only counts words."""
-    from solo import data
+    from solo.data import stage as data
 
     for spec in inputs:
         texts = ((r["id"], data.normalize(r["text"])) for r in _input_records(spec) if not r["reason"])
@@ -158,7 +158,8 @@ def raw_documents(inputs: Iterable[InputSpec]) -> Iterator[Document]:
 
 
 def _input_records(spec: InputSpec) -> Iterator[dict]:
-    from solo import corpus, data
+    from solo.data import corpus
+    from solo.data import stage as data
 
     if spec.path == "embedded":
         yield from ({**doc, "reason": ""} for doc in corpus.documents(spec.max_documents))

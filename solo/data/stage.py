@@ -23,12 +23,18 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from solo import boilerplate, corpus, decontam, mixing, neardedup, pii, quality_classifier
-from solo import quality as quality_rules
-from solo.boilerplate import remove_lines
+from solo.data import boilerplate
+from solo.data import corpus
+from solo.data import decontam
+from solo.data import mixing
+from solo.data import neardedup
+from solo.data import pii
+from solo.data import classifier as quality_classifier
+from solo.data import quality as quality_rules
+from solo.data.boilerplate import remove_lines
 from solo.config import DataConfig, InputSpec
 from solo.errors import SoloError
-from solo.language import language_reason
+from solo.data.language import language_reason
 
 COLUMNS = ["id", "text", "domain", "reason", "duplicate_of"]
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -238,7 +244,7 @@ def cleaning_stats(staged_dir: Path) -> dict[str, int]:
 
 
 def frequent_lines(config: DataConfig) -> frozenset[int]:
-    """The boilerplate lines' keys: a first pass over the normalized inputs (see solo.boilerplate).
+    """The boilerplate lines' keys: a first pass over the normalized inputs (see solo.data.boilerplate).
     It reads and normalizes the inputs again rather than staging them: in Ray 2.60 each read of a
     parquet folder costs seconds of fixed overhead, more than parsing the inputs of most corpora."""
     if not config.filters.boilerplate.enabled:

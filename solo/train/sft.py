@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from solo import corpus
-from solo.chat_formats import Conversation, SkipCounts, read_conversations
+from solo.data import corpus
+from solo.train.chat_formats import Conversation, SkipCounts, read_conversations
 from solo.errors import SoloError
-from solo.tokenizer import render_chat
-from solo.tokens import IGNORE, ShardWriter, is_validation, token_dtype
+from solo.tokens.tokenizer import render_chat
+from solo.tokens.shards import IGNORE, ShardWriter, is_validation, token_dtype
 
 if TYPE_CHECKING:
     from solo.config import FinetuneConfig

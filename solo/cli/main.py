@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import get_args
 
 from solo.config import REPO_ROOT, ServeConfig, TrainConfig, load_config
-from solo.entry import main_guard
+from solo.cli.jobs import main_guard
 from solo.errors import SoloError
-from solo.planner import DEFAULT_GPU, HOST_CORES, PCIE_GBPS
+from solo.train.planner import DEFAULT_GPU, HOST_CORES, PCIE_GBPS
 from solo.runtime import cluster_file, free_port, path_with_this_environment_first, worker_env
 from solo.store import RunStore, solo_home
-from solo.train import PEAK_TFLOPS
+from solo.train.loop import PEAK_TFLOPS
 
 DASHBOARD_PORT = 8265
 
@@ -302,7 +302,7 @@ def report(run_name: str, config: Path | None) -> None:
 
 
 def plan(args: argparse.Namespace) -> None:
-    from solo import planner
+    from solo.train import planner
     from solo.runtime import cuda_available
 
     if not cuda_available():  # DeepSpeed's estimators load its accelerator: say it is the CPU rather than be warned

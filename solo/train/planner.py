@@ -8,7 +8,7 @@ Model states (weights, gradients, Adam) come from DeepSpeed's own estimators whe
 `estimate_zero3_model_states_mem_needs`); stage 0, stage 1 without offload, NVMe offload, fp32 and
 the stream engine use our own formulas, each marked "own" below. Activations and DeepSpeed's gradient
 reduce bucket, which its estimators leave out, are always our own count. Speed is FLOPs per token
-(solo.model.flops_per_token) over an assumed achievable fraction of the peak, slowed by what offload
+(solo.train.presets.flops_per_token) over an assumed achievable fraction of the peak, slowed by what offload
 moves over PCIe, NVMe and between GPUs. Every figure that is an assumption is a named constant here with
 where it comes from; none is measured on a GPU yet.
 """
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from transformers import LlamaConfig
 
     from solo.config import StrategyConfig, TrainConfig
-    from solo.train import TrainJob
+    from solo.train.loop import TrainJob
 
 GB = 1024**3  # GiB, as torch reports device memory and the training loop its peaks (host_peak_gb)
 
@@ -46,7 +46,7 @@ ZERO3_EFFICIENCY = 0.91  # ZeRO-3's gathers and releases per layer: it ran at 0.
 RECOMPUTE_FACTOR = 4 / 3  # activation checkpointing runs each forward twice: forward is 2 of training's 6 FLOPs/param
 PCIE_GBPS = 25.0  # host↔device GB/s: PCIe 4.0 x16 is 31.5 GB/s a direction nominal; pinned copies reach about 80%
 NVME_GBPS = 3.0  # one PCIe 4.0 NVMe drive through DeepSpeed's aio: spec sheets say 5–7 GB/s sequential; mixed
-#                  reads and writes of 1 MiB blocks (solo.train.NVME_AIO) sustain about half. An assumption
+#                  reads and writes of 1 MiB blocks (solo.train.loop.NVME_AIO) sustain about half. An assumption
 DEEPSPEED_OVERLAP = 0.5  # share of compute time under which DeepSpeed hides its offload transfers (prefetch,
 #                          overlap_comm); issue 9: ZeRO-3 offload "spends much of its time waiting", MegaTrain is
 #                          1.84× faster at 14B. An assumption
@@ -60,7 +60,7 @@ CPU_TFLOPS_PER_CORE = 0.034  # fp32 training TFLOP/s of a one-core CPU worker: t
 DEFAULT_GPU = "RTX 4090"
 # Host buffers DeepSpeed swaps NVMe tensors through, at its defaults (deepspeed/runtime/zero/offload_config.py and
 # zero/config.py): optimizer, buffer_count 4 buffers of a sub-group (sub_group_size 1e9 elements) in fp32;
-# parameters, buffer_count 5 buffers, each of the largest weight's partition (solo.train.param_swap_buffer_elements
+# parameters, buffer_count 5 buffers, each of the largest weight's partition (solo.train.loop.param_swap_buffer_elements
 # sets buffer_size so).
 NVME_OPTIMIZER_BUFFERS, NVME_SUB_GROUP_ELEMENTS = 4, 1e9
 NVME_PARAM_BUFFERS = 5
@@ -78,12 +78,12 @@ class Hardware:
     host_mem_gb: float
     nvme_gb: float | None = None
     gpus: int = 1  # GPUs on the machine (one worker each); without a GPU, worker processes of one core each
-    gpu: str = DEFAULT_GPU  # a key of solo.train.PEAK_TFLOPS
+    gpu: str = DEFAULT_GPU  # a key of solo.train.loop.PEAK_TFLOPS
     pcie_gbps: float = PCIE_GBPS
     host_cores: int = HOST_CORES
 
     def check(self) -> None:
-        from solo.train import PEAK_TFLOPS
+        from solo.train.loop import PEAK_TFLOPS
 
         for name, value in (("GPU memory", self.gpu_mem_gb), ("host memory", self.host_mem_gb),
                             ("NVMe space", self.nvme_gb), ("PCIe bandwidth", self.pcie_gbps)):
@@ -137,7 +137,7 @@ class ModelShape:
 
     @classmethod
     def of(cls, name: str, config: LlamaConfig, seq_len: int) -> "ModelShape":
-        from solo.model import flops_per_token, parameter_count
+        from solo.train.presets import flops_per_token, parameter_count
 
         h, v, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
         params = parameter_count(config)
@@ -156,7 +156,7 @@ class ModelShape:
 
     @classmethod
     def preset(cls, preset: str, vocab: int, seq_len: int) -> "ModelShape":
-        from solo.model import PRESETS, llama_config
+        from solo.train.presets import PRESETS, llama_config
 
         if preset not in PRESETS:
             raise SoloError(f"unknown preset {preset!r}: one of {', '.join(PRESETS)}")
@@ -205,7 +205,7 @@ def strategies(hardware: Hardware) -> list[Strategy]:
                 for checkpointing in (False, True):
                     found.append(Strategy("deepspeed", stage, optimizer, params, checkpointing, precision))
     if hardware.gpu_mem_gb is not None and hardware.gpus == 1:
-        # It checkpoints at every layer boundary by design (solo/stream.py); ZeRO settings do not apply.
+        # It checkpoints at every layer boundary by design (solo/train/stream.py); ZeRO settings do not apply.
         found.append(Strategy("stream", 0, "none", "none", True, precision))
     return found
 
@@ -286,12 +286,12 @@ def model_state_bytes(s: Strategy, model: ModelShape, workers: int) -> tuple[flo
 
 def reduce_bucket_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> float:
     """Own, from DeepSpeed's source: at ZeRO-1 to 3 each worker reduces gradients through one bucket of
-    `reduce_bucket_size` elements (solo.train.REDUCE_BUCKET_ELEMENTS; deepspeed/runtime/zero/stage3.py
+    `reduce_bucket_size` elements (solo.train.loop.REDUCE_BUCKET_ELEMENTS; deepspeed/runtime/zero/stage3.py
     `_setup_for_real_optimizer`, stage_1_and_2.py `setup_buckets`), which the estimators leave out, and at
     ZeRO-3 the copies its reduce-scatter makes of it. On a GPU the caching allocator takes the whole bucket at
     once, in the compute dtype; on the CPU it is fp32 pages touched as gradients fill it (at most the whole
     model's)."""
-    from solo.train import REDUCE_BUCKET_ELEMENTS
+    from solo.train.loop import REDUCE_BUCKET_ELEMENTS
 
     if s.engine != "deepspeed" or s.zero_stage == 0:
         return 0.0
@@ -303,10 +303,10 @@ def reduce_bucket_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> float:
 
 
 def stream_state_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> tuple[float, float]:
-    """Own, from solo/stream.py's design (issue 9): (device, host). Host: its bytes per parameter (fp32 weights,
+    """Own, from solo/train/stream.py's design (issue 9): (device, host). Host: its bytes per parameter (fp32 weights,
     gradients, Adam's m and v) and two staging slots of the largest unit, the weights and slots pinned on a
     GPU; device: two fp32 slots of the largest unit, its compute-dtype cast and one unit's gradients."""
-    from solo.stream import host_bytes_per_parameter
+    from solo.train.stream import host_bytes_per_parameter
 
     element = 2 if s.precision == "bf16" else 4
     slot = model.largest_unit * element
@@ -332,7 +332,7 @@ def pinned_block(size: int) -> int:
 def step_seconds(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_batch: int,
                  accumulation: int) -> float:
     """One optimizer step of one worker: compute, plus the transfers it cannot hide, plus CPU Adam."""
-    from solo.train import PEAK_TFLOPS
+    from solo.train.loop import PEAK_TFLOPS
 
     p, n = model.parameters, hw.gpus
     on_gpu = hw.gpu_mem_gb is not None
@@ -345,7 +345,7 @@ def step_seconds(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, mic
     adam_cores = hw.host_cores if on_gpu else 1  # one core per CPU worker
 
     if s.engine == "stream":
-        # solo/stream.py: per micro-batch every unit's fp32 weights come in for forward and again for backward,
+        # solo/train/stream.py: per micro-batch every unit's fp32 weights come in for forward and again for backward,
         # its gradients go out in the compute dtype. CPU Adam then updates every parameter a unit at a time,
         # beside the next step's first forward, which takes each unit once it is updated (OverlappedAdam): it
         # hides at most that forward, a quarter of a micro-batch's passes (forward, recompute, backward).
@@ -440,7 +440,7 @@ def strategy_yaml(s: Strategy) -> str:
 
 
 def render(result: Plan) -> str:
-    from solo.train import PEAK_TFLOPS
+    from solo.train.loop import PEAK_TFLOPS
 
     m, hw = result.model, result.hardware
     if hw.gpu_mem_gb is not None:
@@ -470,7 +470,7 @@ def render(result: Plan) -> str:
 
 
 def presets_table(vocab: int, seq_len: int) -> str:
-    from solo.model import PRESETS
+    from solo.train.presets import PRESETS
 
     lines = [f"{'preset':<8} {'parameters':>12} {'GFLOPs/token':>13}   (vocab {vocab:,}, seq_len {seq_len:,})"]
     for name in PRESETS:
@@ -485,7 +485,7 @@ def presets_table(vocab: int, seq_len: int) -> str:
 def detect_hardware(config: TrainConfig) -> Hardware:
     """This machine as the training run will use it: the first CUDA device's memory and name when the run
     trains on GPUs (one worker each), else `workers` one-core CPU workers; the host's total memory."""
-    from solo.train import PEAK_TFLOPS, use_cuda
+    from solo.train.loop import PEAK_TFLOPS, use_cuda
 
     host_gb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB  # total, as /proc/meminfo's MemTotal
     if not use_cuda(config):
@@ -515,7 +515,7 @@ def resolve_auto_strategy(job: TrainJob, quiet: bool = False) -> tuple[TrainJob,
     """`strategy: auto` → the planner's pick for this machine, printed, and what to record in the stage's
     metrics; any other strategy is returned as it is, with nothing to record."""
     from solo.config import StrategyConfig
-    from solo.train import use_cuda
+    from solo.train.loop import use_cuda
 
     config = job.config
     if config.strategy != "auto":
@@ -583,6 +583,6 @@ def _job_model(job: TrainJob) -> tuple[ModelShape, int]:
 
         return ModelShape.of(Path(job.init_model_dir).name, LlamaConfig.from_pretrained(job.init_model_dir),
                              seq_len), seq_len
-    from solo.tokenizer import load
+    from solo.tokens.tokenizer import load
 
     return ModelShape.preset(job.config.model, len(load(job.tokenizer_dir)), seq_len), seq_len
