@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks.record import Conditions, DATA as SHARED_DATA, RESULTS, ran_on, record
 from solo.data import quality
-from solo.config import DataConfig, FilterConfig, InputSpec
+from solo.data.config import DataConfig, FilterConfig, InputSpec
 
 DATA = SHARED_DATA / "webtext"
 CC_SHARD = "dolma_cc_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"

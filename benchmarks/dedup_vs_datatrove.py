@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.record import Conditions, DATA, ran_on, record
-from solo.config import DataConfig, DedupConfig, default_config_path, load_config
+from solo.config import default_config_path, load_config
+from solo.data.config import DataConfig, DedupConfig
 from solo.data.neardedup import jaccard, near_duplicates_in_memory, shingles
 
 REACH = 0.72  # (1/14)^(1/8): where the 14 × 8 LSH S-curve turns

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.record import record
-from solo.config import EvalConfig
+from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
 
 def write(result: dict, lines: list[str]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import Conditions, ran_on, record
-from solo.config import EvalConfig
+from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
 
 

@@ -54,7 +54,8 @@ def make_model(folder: Path, preset: str, seq_len: int) -> None:
 
 
 def config_for(method: str, args):
-    from solo.config import FinetuneConfig, load_config
+    from solo.config import load_config
+    from solo.train.config import FinetuneConfig
 
     return load_config(FinetuneConfig, None, [
         f"method={method}", f"data={DATA / 'alpaca' / 'alpaca_5000.json'}", "max_examples=400",

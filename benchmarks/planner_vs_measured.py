@@ -41,7 +41,8 @@ STRATEGIES = {"zero3-offload": (3, "cpu", "cpu"), "zero3": (3, "none", "none"), 
 
 
 def run_config(args, preset: str, strategy: str, cuda: bool):
-    from solo.config import TrainConfig, load_config
+    from solo.config import load_config
+    from solo.train.config import TrainConfig
 
     settings = [f"model={preset}", "workers=1", f"device={'cuda' if cuda else 'cpu'}",
                 f"micro_batch={args.micro_batch}", f"global_batch={args.micro_batch}", f"max_steps={args.steps}",

@@ -75,7 +75,7 @@ def serving_cpu_seconds() -> dict[str, float]:
 
 def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, rounds: int,
                  stream_interval: int) -> list[dict]:
-    from solo.config import ServeConfig
+    from solo.serving.config import ServeConfig
     from solo.serving.run import serving
 
     config = ServeConfig(model=str(model), name="bench", port=free_port(), max_concurrent=max(levels),
@@ -150,7 +150,7 @@ def table(run: dict) -> list[str]:
 
 
 def main() -> None:
-    from solo.config import ServeConfig
+    from solo.serving.config import ServeConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported HF folder; default: random Llamas built here")

@@ -99,7 +99,7 @@ def vllm_alone(model: Path, device: str, log: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def solo_serve(model: Path, device: str, args: argparse.Namespace) -> Iterator[str]:
-    from solo.config import ServeConfig, ServedModelConfig
+    from solo.serving.config import ServeConfig, ServedModelConfig
     from solo.serving.run import serving
 
     served = ServedModelConfig(path=str(model), name="bench", engine="vllm", num_gpus=1 if device == "cuda" else 0)

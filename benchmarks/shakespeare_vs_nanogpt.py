@@ -206,7 +206,8 @@ def main() -> None:
     import ray
 
     from solo.evals import bpb as evaluate
-    from solo.config import TrainConfig, load_config
+    from solo.config import load_config
+    from solo.train.config import TrainConfig
     from solo.runtime import worker_env
 
     for key, value in worker_env().items():

@@ -46,7 +46,8 @@ def one_run(args, engine: str, preset: str, work: Path) -> dict:
         os.environ.setdefault(key, value)
     import torch
 
-    from solo.config import TrainConfig, load_config
+    from solo.config import load_config
+    from solo.train.config import TrainConfig
     from solo.train.checkpoints import CheckpointSink
     from solo.train.loop import TrainJob, train_worker
 

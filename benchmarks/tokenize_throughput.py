@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from benchmarks.record import Conditions, ran_on, record
 from benchmarks.tokenizer_train import real_documents
 from solo.tokens import tokenizer as tok
-from solo.config import TokenizeConfig
+from solo.tokens.config import TokenizeConfig
 from solo.tokens.shards import is_validation, pack, token_dtype, tokenize
 
 SETTINGS = TokenizeConfig()

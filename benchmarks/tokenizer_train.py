@@ -17,7 +17,7 @@ from typing import Iterator
 
 from benchmarks.record import Conditions, DATA, ran_on, record
 from solo.tokens import tokenizer as tok
-from solo.config import InputSpec
+from solo.data.config import InputSpec
 
 VAL_FRACTION = 0.05
 WEB = ["webtext/c4_en_train_first1000.jsonl", "webtext/fineweb_first300.json",

@@ -51,7 +51,8 @@ def build_shards(folder: Path, seq_len: int, vocab_size: int) -> Path:
 
 
 def train_config(args, preset: str, workers: int, zero_stage: int):
-    from solo.config import TrainConfig, load_config
+    from solo.config import load_config
+    from solo.train.config import TrainConfig
 
     return load_config(TrainConfig, None, [
         f"model={preset}", f"workers={workers}", "device=cpu", f"micro_batch={args.micro_batch}",

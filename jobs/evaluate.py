@@ -19,7 +19,9 @@ from solo.cli.jobs import job_parser, main_guard
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
-    from solo.config import EvalConfig, PipelineConfig, default_config_path, load_config
+    from solo.config import default_config_path, load_config
+    from solo.evals.config import EvalConfig
+    from solo.pipeline import PipelineConfig
 
     parser = job_parser(__doc__, model=True)
     parser.add_argument("--run", default="default", help="the run whose models to evaluate (without --model)")

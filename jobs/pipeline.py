@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import sys
 
-from solo.config import InputSpec, PipelineConfig, default_config_path, load_config
+from solo.config import default_config_path, load_config
+from solo.data.config import InputSpec
+from solo.pipeline import PipelineConfig
 from solo.cli.jobs import job_parser, main_guard
 from solo.pipeline import STAGES, exported_model_dir, run_pipeline
 from solo.report import write_report

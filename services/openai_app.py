@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from solo.config import ServeConfig
+from solo.serving.config import ServeConfig
 from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, in_messages
 from solo.serving.deployment import ModelPlan, build_engine, deployment_options
 from solo.serving.security import Limits, read_key_digests

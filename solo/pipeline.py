@@ -18,10 +18,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from solo.config import PipelineConfig
+from pydantic import Field
+
+from solo.config import Schema
+from solo.data.config import DataConfig
 from solo.errors import SoloError
+from solo.evals.config import EvalConfig
+from solo.serving.config import ServeConfig
+from solo.tokens.config import TokenizeConfig, TokenizerConfig
+from solo.train.config import FinetuneConfig, TrainConfig
 from solo.runtime import init_ray, launched_rank, wait_for_all_ranks
 from solo.store import Manifest, RunStore, partial_folder, read_manifest, staged_output
+
+
+class PipelineConfig(Schema):
+    """The whole pipeline: a run's name and one section per stage."""
+
+    run: str = Field(default="demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The run's folder under $SOLO_HOME/runs/."""
+    data: DataConfig = DataConfig()
+    """The data stage."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    """The tokenizer stage."""
+    tokenize: TokenizeConfig = TokenizeConfig()
+    """The tokenize stage."""
+    pretrain: TrainConfig = TrainConfig()
+    """The pretrain stage."""
+    finetune: FinetuneConfig = FinetuneConfig()
+    """The finetune stage."""
+    evaluate: EvalConfig = EvalConfig()
+    """The evaluate stage."""
+
+
+# Which schema validates the YAML in each folder of configs/.
+SCHEMA_BY_FOLDER: dict[str, type[Schema]] = {
+    "pipelines": PipelineConfig,
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "tokenize": TokenizeConfig,
+    "pretrain": TrainConfig,
+    "finetune": FinetuneConfig,
+    "eval": EvalConfig,
+    "serve": ServeConfig,
+}
 
 
 @dataclass

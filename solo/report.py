@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from solo.config import CostConfig, EvalConfig
+from solo.evals.config import CostConfig, EvalConfig
 from solo.store import Manifest, RunStore, read_manifest
 
 STAGE_FOLDERS = ("data", "tokenizer", "tokens", "pretrain", "sft", "eval", "export")

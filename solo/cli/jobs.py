@@ -59,7 +59,9 @@ def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from:
 
     @main_guard
     def main() -> int:
-        from solo.config import DataConfig, InputSpec, PipelineConfig, default_config_path, load_config
+        from solo.config import default_config_path, load_config
+        from solo.data.config import DataConfig, InputSpec
+        from solo.pipeline import PipelineConfig
         from solo.pipeline import STAGE_BY_NAME, run_stage
         from solo.runtime import launched_rank
         from solo.store import RunStore

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import get_args
 
-from solo.config import REPO_ROOT, ServeConfig, TrainConfig, load_config
+from solo.config import REPO_ROOT, load_config
+from solo.serving.config import ServeConfig
+from solo.train.config import TrainConfig
 from solo.cli.jobs import main_guard
 from solo.errors import SoloError
 from solo.train.planner import DEFAULT_GPU, HOST_CORES, PCIE_GBPS
@@ -291,7 +293,7 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def report(run_name: str, config: Path | None) -> None:
-    from solo.config import PipelineConfig
+    from solo.pipeline import PipelineConfig
     from solo.report import write_report
 
     run = RunStore.named(run_name)
@@ -335,7 +337,7 @@ def demo(port: int, overrides: list[str]) -> None:
     try:
         config_path = REPO_ROOT / "configs" / "pipelines" / "demo.yaml"
         print("\n== training: the demo pipeline as a Ray job ==", flush=True)
-        from solo.config import PipelineConfig
+        from solo.pipeline import PipelineConfig
         from solo.pipeline import exported_model_dir
 
         run_name = load_config(PipelineConfig, config_path, overrides).run  # a bad --set fails here, first

@@ -14,7 +14,7 @@ import hashlib
 
 import pyarrow as pa
 
-from solo.config import BoilerplateConfig
+from solo.data.config import BoilerplateConfig
 
 
 def line_key(domain: str, line: str) -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from solo.config import InputSpec, QualityClassifierConfig, checkout_root
+from solo.config import checkout_root
+from solo.data.config import InputSpec, QualityClassifierConfig
 from solo.errors import SoloError
 from solo.data.ngrams import ngram_hashes, word_hashes, words
 

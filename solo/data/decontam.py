@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from solo.config import DecontamConfig, EvalSetSpec
+from solo.data.config import DecontamConfig, EvalSetSpec
 from solo.errors import SoloError
 from solo.data.ngrams import text_ngrams
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from solo.config import LanguageConfig
+from solo.data.config import LanguageConfig
 
 # langid's features are byte n-grams: past a few thousand characters the answer no longer changes,
 # while the cost keeps growing with the text.

@@ -13,7 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-from solo.config import MixingConfig
+from solo.data.config import MixingConfig
 
 
 def draw(seed: int, id_: str) -> float:

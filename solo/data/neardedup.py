@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 import xxhash
 
-from solo.config import DedupConfig
+from solo.data.config import DedupConfig
 from solo.data.ngrams import mix64, ngram_hashes, word_hashes, words
 
 _PRIME = np.uint64((1 << 61) - 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from solo.config import PIIConfig
+from solo.data.config import PIIConfig
 
 EMAIL = "<EMAIL>"
 IP = "<IP>"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from solo.config import C4Config, FilterConfig, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
+from solo.data.config import C4Config, FilterConfig, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 
 # Punctuation split off the front and the back of a whitespace-separated chunk, one at a time.
 _PREFIX = re.compile(r"\.\.+|……|''|[§%=—–…,:;!?¿¡()\[\]{}<>_#*&。？！，、；：～·\'\"”“`‘´’‚„»«「」『』（）【】《》$£€¥¦©®°]"

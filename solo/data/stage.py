@@ -32,7 +32,7 @@ from solo.data import pii
 from solo.data import classifier as quality_classifier
 from solo.data import quality as quality_rules
 from solo.data.boilerplate import remove_lines
-from solo.config import DataConfig, InputSpec
+from solo.data.config import DataConfig, InputSpec
 from solo.errors import SoloError
 from solo.data.language import language_reason
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from solo.config import EvalConfig
+from solo.evals.config import EvalConfig
 from solo.evals import tasks
 from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import loglikelihoods

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from solo.config import ServeConfig, ServedModelConfig
+from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.errors import SoloError
 from solo.serving.engine import Engine
 

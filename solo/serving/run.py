@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from solo.config import ServeConfig
+from solo.serving.config import ServeConfig
 from solo.errors import SoloError
 from solo.serving.deployment import ModelPlan, plan_models, replica_cpus_needed
 

@@ -23,7 +23,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from solo.tokens.shards import is_validation
 
 if TYPE_CHECKING:
-    from solo.config import InputSpec, TokenizerConfig
+    from solo.data.config import InputSpec
+    from solo.tokens.config import TokenizerConfig
 
 END_OF_TEXT = "<|endoftext|>"  # between pretraining documents
 END_OF_TURN = "<|end|>"        # closes every chat message; generation stops at it

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from solo.config import FinetuneConfig
+from solo.train.config import FinetuneConfig
 
 
 def compute_dtype(config: FinetuneConfig, cuda: bool):

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from solo.config import TrainConfig
+from solo.train.config import TrainConfig
 from solo.errors import SoloError
 
 

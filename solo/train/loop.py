@@ -22,7 +22,7 @@ from pathlib import Path
 
 from solo.train.checkpoints import (UNIVERSAL, CheckpointSink, FolderSink, RaySink, check_resumable,
                               convert_for_worker_count, resumes_universal)
-from solo.config import TrainConfig
+from solo.train.config import TrainConfig
 from solo.errors import SoloError
 from solo.store import Restart, read_manifest, write_manifest
 

@@ -25,7 +25,7 @@ from solo.errors import SoloError
 if TYPE_CHECKING:
     from transformers import LlamaConfig
 
-    from solo.config import StrategyConfig, TrainConfig
+    from solo.train.config import StrategyConfig, TrainConfig
     from solo.train.loop import TrainJob
 
 GB = 1024**3  # GiB, as torch reports device memory and the training loop its peaks (host_peak_gb)
@@ -501,7 +501,7 @@ def detect_hardware(config: TrainConfig) -> Hardware:
 
 def as_config(s: Strategy) -> tuple[str, StrategyConfig]:
     """The engine and StrategyConfig a planned strategy is; a ValueError where this build's config cannot say it."""
-    from solo.config import StrategyConfig
+    from solo.train.config import StrategyConfig
 
     if s.engine == "stream":
         return "stream", StrategyConfig(zero_stage=0, offload_optimizer="none", offload_params="none",
@@ -514,7 +514,7 @@ def as_config(s: Strategy) -> tuple[str, StrategyConfig]:
 def resolve_auto_strategy(job: TrainJob, quiet: bool = False) -> tuple[TrainJob, dict]:
     """`strategy: auto` → the planner's pick for this machine, printed, and what to record in the stage's
     metrics; any other strategy is returned as it is, with nothing to record."""
-    from solo.config import StrategyConfig
+    from solo.train.config import StrategyConfig
     from solo.train.loop import use_cuda
 
     config = job.config

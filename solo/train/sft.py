@@ -29,7 +29,7 @@ from solo.tokens.tokenizer import render_chat
 from solo.tokens.shards import IGNORE, ShardWriter, is_validation, token_dtype
 
 if TYPE_CHECKING:
-    from solo.config import FinetuneConfig
+    from solo.train.config import FinetuneConfig
 
 
 def conversations(source: str, layout: str, max_examples: int | None, skipped: SkipCounts) -> Iterator[Conversation]:

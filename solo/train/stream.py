@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
 
-from solo.config import TrainConfig
+from solo.train.config import TrainConfig
 from solo.errors import SoloError
 
 MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's file name for a checkpoint's whole module

@@ -10,7 +10,7 @@ import json
 import openai
 import pytest
 
-from solo.config import ServeConfig, ServedModelConfig
+from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.runtime import free_port
 from solo.serving.run import serving
 from solo.serving.vllm_engine import vllm_device

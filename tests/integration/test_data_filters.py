@@ -10,8 +10,8 @@ import pytest
 
 from solo.data import stage as data
 from solo.data import classifier as quality_classifier
-from solo.config import REPO_ROOT, BoilerplateConfig, DataConfig, DedupConfig, FilterConfig, InputSpec, \
-    QualityClassifierConfig
+from solo.config import REPO_ROOT
+from solo.data.config import BoilerplateConfig, DataConfig, DedupConfig, FilterConfig, InputSpec, QualityClassifierConfig
 
 pytestmark = pytest.mark.integration
 

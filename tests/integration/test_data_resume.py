@@ -10,8 +10,9 @@ import pytest
 
 from solo.data import stage as data
 from solo.data import neardedup
-from solo.config import (REPO_ROOT, DataConfig, DecontamConfig, EvalSetSpec, InputSpec, MixingConfig,
-                         PipelineConfig, default_config_path, load_config)
+from solo.config import REPO_ROOT, default_config_path, load_config
+from solo.data.config import DataConfig, DecontamConfig, EvalSetSpec, InputSpec, MixingConfig
+from solo.pipeline import PipelineConfig
 from solo.pipeline import run_pipeline
 from solo.store import RunStore
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from solo.config import EvalConfig
+from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
 
 ROOT = EvalConfig().data_path()

@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from solo.config import ServeConfig
+from solo.serving.config import ServeConfig
 from solo.errors import SoloError
 from solo.runtime import free_port
 from solo.serving.run import serving

@@ -5,7 +5,7 @@ Real parts: `ray.cluster_utils.Cluster` (a head and an added node), Ray Train, D
 
 import pytest
 
-from solo.config import TrainConfig
+from solo.train.config import TrainConfig
 from solo.runtime import worker_env
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@ import gzip
 import json
 from pathlib import Path
 
-from solo.config import DataConfig, FilterConfig, InputSpec, LanguageConfig
+from solo.data.config import DataConfig, FilterConfig, InputSpec, LanguageConfig
 from solo.data.stage import clean, normalize, parse_file
 
 

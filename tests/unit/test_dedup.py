@@ -7,7 +7,8 @@ import random
 
 import numpy as np
 
-from solo.config import REPO_ROOT, DecontamConfig, DedupConfig, EvalSetSpec, MixingConfig
+from solo.config import REPO_ROOT
+from solo.data.config import DecontamConfig, DedupConfig, EvalSetSpec, MixingConfig
 from solo.data.decontam import build_index, mark_contaminated
 from solo.data.mixing import apply, draw, plan
 from solo.data.neardedup import (jaccard, near_duplicates_in_memory, shared_words, shingle_sequence, shingles, similarity,

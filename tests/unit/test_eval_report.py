@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from solo.config import CostConfig, EvalConfig
+from solo.evals.config import CostConfig, EvalConfig
 from solo.report import write_report
 from solo.store import Manifest, RunStore, write_manifest
 

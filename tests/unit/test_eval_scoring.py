@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from solo.config import EvalConfig
+from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
 from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import encode_pair, loglikelihoods, text_loglikelihood

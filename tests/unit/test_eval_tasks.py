@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from solo.config import EvalConfig, load_config
+from solo.config import load_config
+from solo.evals.config import EvalConfig
 from solo.evals import tasks
 
 
@@ -108,7 +109,8 @@ def test_eval_config_resolves_data_root_and_rejects_unknown_keys(tmp_path):
 
 
 def test_demo_pipeline_keeps_its_evaluate_fields():
-    from solo.config import CONFIG_DIR, PipelineConfig
+    from solo.config import CONFIG_DIR
+    from solo.pipeline import PipelineConfig
 
     config = load_config(PipelineConfig, CONFIG_DIR / "pipelines" / "demo.yaml")
     assert config.evaluate.max_new_tokens == 40 and config.evaluate.prompts

@@ -10,8 +10,7 @@ import pytest
 from solo.data import pii
 from solo.data import quality
 from solo.data.boilerplate import line_key, line_keys, remove_lines
-from solo.config import (C4Config, DataConfig, FilterConfig, FineWebConfig, GopherQualityConfig,
-                         GopherRepetitionConfig, InputSpec, LanguageConfig, PIIConfig)
+from solo.data.config import C4Config, DataConfig, FilterConfig, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig, InputSpec, LanguageConfig, PIIConfig
 from solo.data.stage import clean
 from solo.data.language import language_reason
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from solo.config import FinetuneConfig, checkout_root, load_config
+from solo.config import checkout_root, load_config
+from solo.train.config import FinetuneConfig
 from solo.runtime import worker_env
 from solo.train.loop import TrainJob, deepspeed_config, train_worker
 

@@ -9,7 +9,8 @@ import pytest
 
 from solo.train import planner
 from solo.cli.main import main
-from solo.config import ConfigError, FinetuneConfig, StrategyConfig, TrainConfig, load_config
+from solo.config import ConfigError, load_config
+from solo.train.config import FinetuneConfig, StrategyConfig, TrainConfig
 from solo.train.presets import PRESETS, llama_config, parameter_count
 from solo.train.loop import TrainJob
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from solo.data import classifier as quality_classifier
-from solo.config import DataConfig, FilterConfig, QualityClassifierConfig
+from solo.data.config import DataConfig, FilterConfig, QualityClassifierConfig
 from solo.data.stage import clean
 from solo.errors import SoloError
 

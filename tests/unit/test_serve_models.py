@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from solo.cli.main import parser, serve_config
-from solo.config import ServeConfig, ServedModelConfig
+from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.errors import SoloError
 from solo.serving import deployment as planning
 from solo.serving.http.app import ServedModel, build_gateway

@@ -123,7 +123,7 @@ def test_malformed_records_are_counted_by_reason_and_skipped(tmp_path):
 
 
 def test_build_sft_rows_writes_the_skip_reasons_into_its_report(tmp_path):
-    from solo.config import FinetuneConfig
+    from solo.train.config import FinetuneConfig
 
     tokenizer = small_tokenizer(tmp_path / "tok")
     data = tmp_path / "chats.jsonl"

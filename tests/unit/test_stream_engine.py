@@ -20,7 +20,8 @@ from solo.runtime import worker_env
 for key, value in worker_env().items():
     os.environ.setdefault(key, value)
 
-from solo.config import FinetuneConfig, TrainConfig, load_config  # noqa: E402
+from solo.config import load_config
+from solo.train.config import FinetuneConfig, TrainConfig  # noqa: E402
 from solo.errors import SoloError  # noqa: E402
 from solo.train.checkpoints import check_resumable  # noqa: E402
 from solo.train.loop import TrainJob, train_worker  # noqa: E402

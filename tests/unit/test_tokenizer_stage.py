@@ -11,7 +11,8 @@ import pytest
 
 from solo.data import corpus
 from solo.tokens import tokenizer as tok
-from solo.config import InputSpec, TokenizerConfig
+from solo.data.config import InputSpec
+from solo.tokens.config import TokenizerConfig
 from solo.tokens.shards import is_validation
 
 VAL = 0.1
@@ -106,7 +107,7 @@ def test_train_tokenizer_job_reads_raw_inputs(tmp_path, monkeypatch, capsys, tex
 
 
 def test_pipeline_stage_trains_on_the_prepared_data(tmp_path, texts):
-    from solo.config import PipelineConfig
+    from solo.pipeline import PipelineConfig
     from solo.pipeline import StageContext, run_tokenizer
 
     prepared = tmp_path / "data"
@@ -122,7 +123,7 @@ def test_pipeline_stage_trains_on_the_prepared_data(tmp_path, texts):
 
 
 def test_the_tokenizer_stage_reruns_when_the_held_out_split_changes_and_only_then():
-    from solo.config import PipelineConfig
+    from solo.pipeline import PipelineConfig
     from solo.pipeline import STAGE_BY_NAME, _config_hash
 
     stage, base = STAGE_BY_NAME["tokenizer"], PipelineConfig()

@@ -3,7 +3,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from solo.train.checkpoints import checkpoint_workers, convert_for_worker_count, newest_checkpoint, resumes_universal
-from solo.config import TrainConfig, load_config
+from solo.config import load_config
+from solo.train.config import TrainConfig
 from solo.errors import SoloError
 from solo.train.presets import PRESETS, flops_per_token, llama_config, parameter_count
 from solo.train.loop import checkpoint_due, deepspeed_config, learning_rate

@@ -1,0 +1,198 @@
+"""Settings of the pretrain stage (`pretrain:`, `configs/pretrain/`) and the finetune stage (`finetune:`,
+`configs/finetune/`): the model, the batch, the optimizer and how the model is spread over memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from solo.config import Schema
+
+
+class OptimConfig(Schema):
+    """AdamW with linear warmup and cosine decay."""
+
+    lr: float = Field(default=3e-3, gt=0)
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    """The learning rate at the last step, as a share of `lr`."""
+    warmup_steps: int = Field(default=10, ge=0)
+    """Optimizer steps of linear warmup from lr / warmup_steps to lr."""
+    weight_decay: float = Field(default=0.1, ge=0)
+    """AdamW's decoupled weight decay."""
+    beta1: float = 0.9
+    """Adam's decay of the gradient's running mean."""
+    beta2: float = 0.95
+    """Adam's decay of the squared gradient's running mean."""
+    grad_clip: float = Field(default=1.0, ge=0)
+    """Largest global gradient norm; larger gradients are scaled down to it. 0: no clipping."""
+
+
+class StrategyConfig(Schema):
+    """How the model is spread over workers and memory: applied from outside the model."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    """DeepSpeed ZeRO stage: 0 replicates everything on each worker, 1 shards the optimizer state, 2 also
+    the gradients, 3 also the weights."""
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "cpu"
+    """Where the optimizer state lives: on the device, in host memory, or in files under nvme_path."""
+    offload_params: Literal["none", "cpu", "nvme"] = "cpu"
+    """Where ZeRO-3 keeps parameters between uses: on the device, in host memory, or in files under nvme_path."""
+    nvme_path: str | None = None
+    """A writable folder on a fast local drive for `nvme` offload; DeepSpeed swaps tensors to files under it
+    (libaio's async I/O, cluster/system-packages.sh installs libaio-dev)."""
+    activation_checkpointing: bool = False
+    """Keep each layer's input only and recompute the layer in backward: a third more compute, far less memory."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """The compute dtype; master weights stay fp32."""
+
+    @model_validator(mode="after")
+    def _param_offload_needs_stage3(self) -> StrategyConfig:
+        if self.offload_params != "none" and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage: 3")
+        return self
+
+    @model_validator(mode="after")
+    def _nvme_needs_a_writable_folder(self) -> StrategyConfig:
+        if "nvme" not in (self.offload_optimizer, self.offload_params):
+            return self
+        if self.nvme_path is None:
+            raise ValueError("offload to nvme needs nvme_path: a writable folder on a fast local drive")
+        folder = Path(self.nvme_path).expanduser()
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"nvme_path {self.nvme_path} is not a writable folder: create it, or name another")
+        return self
+
+
+ModelPreset = Literal["demo", "125m", "350m", "1.3b", "2.7b", "7b"]
+
+
+class TrainConfig(Schema):
+    """Pretraining: a stock Llama from scratch on the tokenize stage's rows."""
+
+    # `workers` stays out of the fingerprint: the global batch is the same on any worker count, so a
+    # stage interrupted on N workers and submitted again on M keeps its checkpoints (and is told plainly
+    # whether it can resume from them) rather than silently starting afresh.
+    unfingerprinted: ClassVar[frozenset[str]] = frozenset({"workers"})
+
+    model: ModelPreset = "demo"
+    """The model's size (solo.train.presets: layers, width, heads)."""
+    workers: int = Field(default=2, ge=1)
+    """Training processes: one per GPU, or one-core CPU workers."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to compute; auto: CUDA when a GPU is visible, else the CPU."""
+    micro_batch: int = Field(default=8, ge=1)
+    """Sequences per worker per forward pass."""
+    global_batch: int = Field(default=16, ge=1)
+    """Sequences per optimizer step, whatever the worker count (the rest is gradient accumulation)."""
+    max_steps: int = Field(default=200, ge=1)
+    """Optimizer steps to train for."""
+    optim: OptimConfig = OptimConfig()
+    """The optimizer and its schedule."""
+    strategy: StrategyConfig | Literal["auto"] = StrategyConfig()
+    """How to spread the model over workers and memory; auto: the fastest that fits this machine, chosen by
+    the planner (solo.train.planner, `solo plan`) before training starts."""
+    engine: Literal["deepspeed", "stream"] = "deepspeed"
+    """deepspeed: ZeRO sharding and offload as `strategy` says; stream: weights and Adam state in host memory,
+    streamed to the device a layer at a time (solo.train.stream; full-weight training only, fp32 or bf16;
+    ZeRO and offload settings do not apply)."""
+    log_every: int = Field(default=10, ge=1)
+    """Steps between progress lines (and rows of metrics.csv)."""
+    eval_every: int = Field(default=50, ge=1)
+    """Steps between validation losses (at a logged step)."""
+    eval_batches: int = Field(default=8, ge=1)
+    """Global batches of validation rows scored each time."""
+    checkpoint_every: int = Field(default=50, ge=1)
+    """Steps between checkpoints (and one at the last step)."""
+    checkpoint_every_minutes: float | None = Field(default=None, gt=0)
+    """Also checkpoint once this many minutes passed since the last save (rank 0's clock decides for all
+    workers)."""
+    keep_checkpoints: int = Field(default=2, ge=1)
+    """Newest checkpoints kept; older ones are deleted."""
+    max_failures: int = Field(default=3, ge=0)
+    """Worker failures survived by restarting from the last checkpoint."""
+    seed: int = 0
+    """Seeds the weights' initialization and the order of the rows."""
+
+    def trains_adapters(self) -> bool:
+        """Whether only LoRA adapters train (on a frozen, possibly 4-bit, base)."""
+        return False
+
+    @model_validator(mode="after")
+    def _stream_trains_every_weight(self) -> TrainConfig:
+        if self.engine == "stream" and self.trains_adapters():
+            raise ValueError("engine: stream trains every weight (pretraining, method: sft); LoRA and QLoRA "
+                             "train with engine: deepspeed")
+        if self.engine == "stream" and self.strategy != "auto" and self.strategy.precision == "fp16":
+            raise ValueError("engine: stream computes in fp32 or bf16 (fp16 would need loss scaling)")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainConfig:
+        per_step = self.micro_batch * self.workers
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"global_batch ({self.global_batch}) must be a multiple of micro_batch × workers ({per_step})"
+            )
+        return self
+
+
+class LoraSettings(Schema):
+    """Low-rank adapters (peft): W + (alpha / rank) · B·A on each target module, W frozen."""
+
+    rank: int = Field(default=16, ge=1)
+    """The rank of A and B."""
+    alpha: float = Field(default=32.0, gt=0)
+    """The update is scaled by alpha / rank."""
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the adapters' input."""
+    target_modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1)
+    """Names of the Linear modules that get adapters (Llama's attention and MLP projections)."""
+
+
+class QuantizationSettings(Schema):
+    """How QLoRA stores the frozen base (bitsandbytes 4-bit); unused by `sft` and `lora`."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """The 4-bit data type: NormalFloat4 (QLoRA's) or plain FP4."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (~0.4 bit per parameter saved)."""
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """The dtype the 4-bit weights are dequantized to for each matmul; auto: bf16 on a GPU, fp32 on CPU."""
+
+
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning: SFT, LoRA or QLoRA on conversations, with the loss on assistant tokens only."""
+
+    method: Literal["sft", "lora", "qlora"] = "sft"
+    """sft: every weight; lora: adapters on a frozen base; qlora: adapters on a 4-bit base."""
+    data: str = "embedded"
+    """'embedded' (instruction pairs built from this Python's docs), or a file of conversations."""
+    format: Literal["auto", "messages", "alpaca", "sharegpt"] = "auto"
+    """The record layout of `data` (jsonl, or a JSON list); auto: detected per record."""
+    max_examples: int | None = Field(default=None, ge=1)
+    """Read at most this many records; null: all."""
+    seq_len: int = Field(default=256, ge=8)
+    """Tokens per training row; a longer conversation is skipped, and counted."""
+    pack: bool = True
+    """Several conversations per row, each attending only to itself."""
+    lora: LoraSettings = LoraSettings()
+    """The adapters (lora, qlora)."""
+    quantization: QuantizationSettings = QuantizationSettings()
+    """The 4-bit base (qlora)."""
+    adapter_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """The adapter's name in $SOLO_HOME/adapters/; default: the run's name."""
+    merge: bool = True
+    """Also write the adapters merged into a full model (model/)."""
+    # Shorter runs than pretraining by default; redeclared with the same bounds as TrainConfig's.
+    max_steps: int = Field(default=60, ge=1)
+    """Optimizer steps to train for."""
+    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5)
+    """The optimizer and its schedule (a lower peak and a shorter warmup than pretraining's)."""
+
+    def trains_adapters(self) -> bool:
+        return self.method != "sft"
