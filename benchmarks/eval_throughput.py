@@ -26,7 +26,8 @@ def untrained_demo_model(folder: Path, vocab_size: int = 4096, seq_len: int = 25
 
     from solo.data import corpus
     from solo.train.presets import llama_config
-    from solo.tokens.tokenizer import stop_token_ids, train_bpe
+    from solo.tokens.tokenizer import stop_token_ids
+    from solo.tokens.train_bpe import train_bpe
 
     tokenizer = train_bpe((d["text"] for d in corpus.documents(max_documents=500)), vocab_size, min_frequency=2)
     torch.manual_seed(0)
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    from solo.evals.bpb import load_model
+    from solo.evals.model import load_model
 
     with tempfile.TemporaryDirectory() as scratch:
         model, tokenizer = load_model(args.model or untrained_demo_model(Path(scratch)))

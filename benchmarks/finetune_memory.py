@@ -43,7 +43,8 @@ def make_model(folder: Path, preset: str, seq_len: int) -> None:
 
     from solo.data import corpus
     from solo.train.presets import llama_config
-    from solo.tokens.tokenizer import stop_token_ids, train_bpe
+    from solo.tokens.tokenizer import stop_token_ids
+    from solo.tokens.train_bpe import train_bpe
 
     tok = train_bpe((d["text"] for d in corpus.documents(max_documents=2000)), vocab_size=8192, min_frequency=2)
     torch.manual_seed(0)
@@ -75,7 +76,8 @@ def measure(method: str, args) -> dict:
     from solo.train.sft import build_sft_rows
     from solo.tokens.tokenizer import load
     from solo.train.checkpoints import CheckpointSink
-    from solo.train.loop import TrainJob, train_worker
+    from solo.train.job import TrainJob
+    from solo.train.loop import train_worker
 
     cuda = args.device == "cuda"
     join_one_process_group(cuda)

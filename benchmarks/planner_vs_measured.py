@@ -57,7 +57,8 @@ def run_config(args, preset: str, strategy: str, cuda: bool):
 
 
 def measure(config, work: Path, output: Path) -> dict:
-    from solo.train.loop import TrainJob, run_training
+    from solo.train.job import TrainJob
+    from solo.train.launch import run_training
 
     output.mkdir(parents=True)
     started = time.perf_counter()

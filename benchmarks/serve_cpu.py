@@ -64,7 +64,7 @@ def serving_cpu_seconds() -> dict[str, float]:
     for process in psutil.process_iter(["cmdline", "cpu_times"]):
         command = process.info["cmdline"] or [""]
         role = next((r for r, prefix in SERVING_ROLES.items() if command[0].startswith(prefix)), None)
-        if role is None and "solo.serving.engine_process" in command:
+        if role is None and "solo.serving.engine_child" in command:
             role = "engine"
         if process.pid == os.getpid():
             role = "client"

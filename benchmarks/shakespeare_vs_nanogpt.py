@@ -156,10 +156,10 @@ def peer_nats(model: CharGPT, val: np.ndarray, block: int = 64, batch: int = 64)
 
 
 def build_tokens(folder: Path, train_text: str, val_text: str, vocab_size: int, seq_len: int) -> dict:
-    from solo.tokens import tokenizer as tok
+    from solo.tokens import train_bpe as bpe
     from solo.tokens.shards import ShardWriter, pack, token_dtype
 
-    tokenizer = tok.train_bpe([train_text], vocab_size=vocab_size, min_frequency=2)
+    tokenizer = bpe.train_bpe([train_text], vocab_size=vocab_size, min_frequency=2)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     dtype = token_dtype(len(tokenizer))
     counts = {}
@@ -176,7 +176,8 @@ def build_tokens(folder: Path, train_text: str, val_text: str, vocab_size: int, 
 
 
 def run_solo(config, folder: Path, name: str, val_bytes_per_token: float) -> dict:
-    from solo.train.loop import TrainJob, run_training
+    from solo.train.job import TrainJob
+    from solo.train.launch import run_training
 
     output = folder / name
     output.mkdir()
@@ -205,7 +206,8 @@ def main() -> None:
 
     import ray
 
-    from solo.evals import bpb as evaluate
+    from solo.evals.bpb import bits_per_byte
+    from solo.evals.model import load_model
     from solo.config import load_config
     from solo.train.config import TrainConfig
     from solo.runtime import worker_env
@@ -248,8 +250,8 @@ def main() -> None:
             solo = run_solo(config, folder, "budgeted", tokens["val_bytes_per_token"])
         finally:
             ray.shutdown()
-        model, tokenizer = evaluate.load_model(solo["output"] / "model")
-        solo_scores = evaluate.bits_per_byte(model, tokenizer, [val_text], seq_len=args.seq_len)
+        model, tokenizer = load_model(solo["output"] / "model")
+        solo_scores = bits_per_byte(model, tokenizer, [val_text], seq_len=args.seq_len)
         solo_curve = [{"step": int(r["step"]), "val_bpb": float(r["val_bpb"])} for r in solo["rows"] if r["val_bpb"]]
         parameters = model.num_parameters()
 

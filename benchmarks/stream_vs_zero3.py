@@ -49,7 +49,8 @@ def one_run(args, engine: str, preset: str, work: Path) -> dict:
     from solo.config import load_config
     from solo.train.config import TrainConfig
     from solo.train.checkpoints import CheckpointSink
-    from solo.train.loop import TrainJob, train_worker
+    from solo.train.job import TrainJob
+    from solo.train.loop import train_worker
 
     cuda = torch.cuda.is_available()
     if cuda and args.device_memory_gb:

@@ -26,8 +26,10 @@ import pyarrow.parquet as pq
 from benchmarks.record import Conditions, ran_on, record
 from benchmarks.tokenizer_train import real_documents
 from solo.tokens import tokenizer as tok
+from solo.tokens import train_bpe as bpe
 from solo.tokens.config import TokenizeConfig
-from solo.tokens.shards import is_validation, pack, token_dtype, tokenize
+from solo.tokens.shards import is_validation, pack, token_dtype
+from solo.tokens.tokenize import tokenize
 
 SETTINGS = TokenizeConfig()
 
@@ -90,7 +92,7 @@ def main() -> None:
         work = Path(tmp)
         size = write_parquet(work / "data", args.copies)
         sample = [text for _, text, _ in real_documents()][:400]
-        tok.train_bpe(sample, vocab_size=4096, min_frequency=2).save_pretrained(str(work / "tok"))
+        bpe.train_bpe(sample, vocab_size=4096, min_frequency=2).save_pretrained(str(work / "tok"))
         tokenizer = tok.load(work / "tok")
         print(f"{size / 1e6:.1f} MB of text")
 

@@ -16,7 +16,8 @@ import time
 from typing import Iterator
 
 from benchmarks.record import Conditions, DATA, ran_on, record
-from solo.tokens import tokenizer as tok
+from solo.tokens import train_bpe as bpe
+from solo.data import read
 from solo.data.config import InputSpec
 
 VAL_FRACTION = 0.05
@@ -26,7 +27,7 @@ WEB = ["webtext/c4_en_train_first1000.jsonl", "webtext/fineweb_first300.json",
 _ARTICLE = re.compile(r"^ = [^=].* = $", re.MULTILINE)
 
 
-def wikitext_articles() -> Iterator[tok.Document]:
+def wikitext_articles() -> Iterator[read.Document]:
     """WikiText-2's files cut into articles at their top-level headings, so they split by document."""
     for name in ("valid", "test"):
         text = (DATA / "wikitext2" / f"{name}.txt").read_text()
@@ -35,11 +36,11 @@ def wikitext_articles() -> Iterator[tok.Document]:
             yield f"wikitext2-{name}-{i}", text[start:end].strip(), "wikitext2"
 
 
-def real_documents() -> Iterator[tok.Document]:
+def real_documents() -> Iterator[read.Document]:
     """Web text, WikiText-2 and the embedded corpus (its ids hashed by the data stage's readers)."""
-    yield from tok.raw_documents([InputSpec(path=str(DATA / f), domain="webtext") for f in WEB])
+    yield from read.raw_documents([InputSpec(path=str(DATA / f), domain="webtext") for f in WEB])
     yield from wikitext_articles()
-    yield from tok.raw_documents([InputSpec(path="embedded", domain="python-docs")])
+    yield from read.raw_documents([InputSpec(path="embedded", domain="python-docs")])
 
 
 def timed(fn, *args):
@@ -56,8 +57,8 @@ def main() -> None:
     args = parser.parse_args()
 
     documents = list(real_documents())  # read once: the benchmark times training, not file parsing
-    found, scan_s = timed(tok.scan, documents, int(args.sample_mb * 1e6), VAL_FRACTION)
-    sample = list(tok.sample(documents, found.cutoff, VAL_FRACTION))
+    found, scan_s = timed(bpe.scan, documents, int(args.sample_mb * 1e6), VAL_FRACTION)
+    sample = list(bpe.sample(documents, found.cutoff, VAL_FRACTION))
     print(f"{len(documents):,} documents; sample {found.sample_bytes / 1e6:.2f} MB of {found.sample_documents:,}; "
           f"held out {sum(map(len, found.held_out.values())):,} documents")
 
@@ -65,12 +66,12 @@ def main() -> None:
     solo_s, bare_s = [], []
     conditions = Conditions()
     for _ in range(args.repeats):
-        solo, seconds = timed(lambda: tok.train_bpe(tok.sample(documents, found.cutoff, VAL_FRACTION),
+        solo, seconds = timed(lambda: bpe.train_bpe(bpe.sample(documents, found.cutoff, VAL_FRACTION),
                                                     args.vocab_size, 2))
         solo_s.append(seconds)
-        bare, seconds = timed(tok.train_plain_bpe, sample, args.vocab_size, 2)
+        bare, seconds = timed(bpe.train_plain_bpe, sample, args.vocab_size, 2)
         bare_s.append(seconds)
-    held_out = tok.compression_report({"solo": solo.backend_tokenizer, "bare": bare}, found.held_out)
+    held_out = bpe.compression_report({"solo": solo.backend_tokenizer, "bare": bare}, found.held_out)
 
     time_ratio = min(solo_s) / min(bare_s)
     bpt_ratio = held_out["all"]["solo"]["bytes_per_token"] / held_out["all"]["bare"]["bytes_per_token"]

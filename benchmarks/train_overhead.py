@@ -34,11 +34,11 @@ RAY_CPUS = 2
 
 def build_shards(folder: Path, seq_len: int, vocab_size: int) -> Path:
     """A BPE tokenizer and training rows from real text, with solo's own tokenizer and packing code."""
-    from solo.tokens import tokenizer as tok
+    from solo.tokens import train_bpe as bpe
     from solo.tokens.shards import ShardWriter, pack, token_dtype
 
     texts = [(DATA / "tinyshakespeare" / "input.txt").read_text(), (DATA / "wikitext2" / "valid.txt").read_text()]
-    tokenizer = tok.train_bpe(texts, vocab_size=vocab_size, min_frequency=2)
+    tokenizer = bpe.train_bpe(texts, vocab_size=vocab_size, min_frequency=2)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     dtype = token_dtype(len(tokenizer))
@@ -108,7 +108,8 @@ def our_loop(config, work: Path, output: Path) -> dict:
     """solo's own `run_training`; tokens/s of the window after the warm-up, from its metrics.csv."""
     import csv
 
-    from solo.train.loop import TrainJob, run_training
+    from solo.train.job import TrainJob
+    from solo.train.launch import run_training
 
     output.mkdir(parents=True)
     started = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Instruction-tune a model: full SFT, LoRA or QLoRA on conversations, loss on assistant tokens only.
+"""The finetune stage: full SFT, LoRA or QLoRA on conversations, loss on assistant tokens only.
 
+Config: configs/finetune/default.yaml (full SFT), configs/finetune/qlora-cpu.yaml (QLoRA).
 CPU (QLoRA: 4-bit NF4 base, LoRA adapters; a few minutes on two cores with the demo model):
     python -m jobs.finetune --config configs/finetune/qlora-cpu.yaml --model ~/.solo/runs/default/pretrain/model \
         --data ../shared/data/alpaca/alpaca_5000.json
@@ -15,7 +16,7 @@ Alpaca (`instruction`, `input`, `output`) or ShareGPT (`conversations: [{from, v
 per record (`--set format=...` to insist on one); malformed records are counted by reason in
 rows/report.json and skipped. Default data: pairs from the embedded corpus. `--model` is a Hugging
 Face folder (its tokenizer and chat template come with it); default: the run's pretrain/.
-Writes sft/ (or --output): rows/, metrics.csv, model/ (full SFT, or the merged adapters with
+Writes the run's finetune/ (or --output): rows/, metrics.csv, model/ (full SFT, or the merged adapters with
 `merge: true`) and adapter/ (peft format, also registered as $SOLO_HOME/adapters/<adapter_name or run>/).
 A killed run resumes from its last checkpoint when submitted again.
 """
@@ -24,5 +25,10 @@ import sys
 
 from solo.cli.jobs import stage_job
 
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_job("finetune", __doc__, argv, model_from="pretrain")
+
+
 if __name__ == "__main__":
-    sys.exit(stage_job("finetune", __doc__, model_from="pretrain"))
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Run the whole pipeline: raw text in, a served-ready model out.
 
-prepare_data → tokenizer → tokenize → pretrain → finetune → evaluate → export, each stage
+data → tokenizer → tokenize → pretrain → finetune → evaluate → export, each stage
 skipped when its manifest matches and resumed when it was interrupted.
 
 CPU (this machine, the embedded corpus, a few minutes):
@@ -16,26 +16,27 @@ from __future__ import annotations
 
 import sys
 
+from solo.cli.jobs import job_parser
 from solo.config import default_config_path, load_config
 from solo.data.config import InputSpec
-from solo.pipeline import PipelineConfig
-from solo.cli.jobs import job_parser, main_guard
-from solo.pipeline import STAGES, exported_model_dir, run_pipeline
+from solo.errors import main_guard
+from solo.pipeline import LEGACY_STAGE_NAMES, STAGES, PipelineConfig, run_pipeline
 from solo.report import write_report
-from solo.store import RunStore
+from solo.store import RunStore, exported_model_dir
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__, inputs=True)
-    parser.add_argument("--until", choices=[s.name for s in STAGES], help="stop after this stage")
+    parser.add_argument("--until", choices=[*(s.name for s in STAGES), *LEGACY_STAGE_NAMES],
+                        help="stop after this stage")
     args = parser.parse_args(argv)
     config = load_config(PipelineConfig, args.config or default_config_path("pipelines", "demo"), args.overrides)
     if args.inputs:
         specs = [InputSpec(path=p, domain="user") for p in args.inputs]
         config = config.model_copy(update={"data": config.data.model_copy(update={"inputs": specs})})
     run = RunStore(args.output) if args.output else RunStore.named(config.run)
-    run_pipeline(config, run, until=args.until)
+    run_pipeline(config, run, until=LEGACY_STAGE_NAMES.get(args.until, args.until))
     print(f"report card: {write_report(run, config.evaluate)}", flush=True)
     if args.until in (None, "export"):
         model = exported_model_dir(run, config.run)

@@ -14,9 +14,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from solo.serving.config import ServeConfig
-from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, in_messages
 from solo.serving.deployment import ModelPlan, build_engine, deployment_options
+from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, in_messages
+from solo.serving.http.app import build_gateway
+from solo.serving.http.service import ServedModel
 from solo.serving.security import Limits, read_key_digests
+from solo.tokens.tokenizer import load
 
 
 class _LoadedAdapter:
@@ -97,9 +100,6 @@ class RemoteEngine(Engine):
 class Gateway:
     async def __init__(self, servers: list[DeploymentHandle], plans: list[ModelPlan], max_new_tokens: int,
                        limits: Limits):
-        from solo.serving.http.app import ServedModel, build_gateway
-        from solo.tokens.tokenizer import load
-
         bases, adapters = [], []
         for server, plan in zip(servers, plans):
             tokenizer, max_context = load(plan.folder), await server.max_context.remote()

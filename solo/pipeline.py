@@ -1,10 +1,12 @@
 """The pipeline: stages in order, each skipped when its manifest matches, resumed when interrupted.
 
-    prepare_data → tokenizer → tokenize → pretrain → finetune → evaluate → export
-    data/          tokenizer/  tokens/    pretrain/  sft/       eval/       export/<run>/
+    data → tokenizer → tokenize → pretrain → finetune → evaluate → export
 
-A stage's manifest records its config hash and, for each input, the key of the stage that
-made it; a changed config therefore reruns that stage and, through the keys, every stage after it.
+Each stage has one name: its folder in the run ($SOLO_HOME/runs/<run>/<stage>/), its section of
+`PipelineConfig` (`--set <stage>.key=value`), its folder of configs (configs/<stage>/) and its job
+(`python -m jobs.<stage>`). A stage's manifest records its config hash and, for each input, the key of
+the stage that made it; a changed config therefore reruns that stage and, through the keys, every
+stage after it.
 """
 
 from __future__ import annotations
@@ -14,53 +16,52 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pydantic import Field
 
 from solo.config import Schema
 from solo.data.config import DataConfig
+from solo.data.read import prepared_documents, raw_documents
+from solo.data.stage import prepare
 from solo.errors import SoloError
 from solo.evals.config import EvalConfig
-from solo.serving.config import ServeConfig
-from solo.tokens.config import TokenizeConfig, TokenizerConfig
-from solo.train.config import FinetuneConfig, TrainConfig
+from solo.evals.generate import chat_answers
+from solo.evals.model import load_model
+from solo.evals.stage import evaluate
 from solo.runtime import init_ray, launched_rank, wait_for_all_ranks
-from solo.store import Manifest, RunStore, partial_folder, read_manifest, staged_output
+from solo.serving.config import ServeConfig
+from solo.store import Manifest, RunStore, partial_folder, read_manifest, staged_output, write_manifest
+from solo.tokens.config import TokenizeConfig, TokenizerConfig
+from solo.tokens.shards import is_validation
+from solo.tokens.tokenize import tokenize
+from solo.tokens.tokenizer import load
+from solo.tokens.train_bpe import train_stage
+from solo.train.config import FinetuneConfig, TrainConfig
+from solo.train.finetune import finetune
+from solo.train.job import TrainJob
+from solo.train.launch import run_training, start_launched
 
 
 class PipelineConfig(Schema):
-    """The whole pipeline: a run's name and one section per stage."""
+    """The whole pipeline: a run's name and one section per stage, named as the stage."""
 
     run: str = Field(default="demo", pattern=r"^[A-Za-z0-9_.-]+$")
     """The run's folder under $SOLO_HOME/runs/."""
     data: DataConfig = DataConfig()
-    """The data stage."""
+    """The data stage: what to read and how to clean it."""
     tokenizer: TokenizerConfig = TokenizerConfig()
-    """The tokenizer stage."""
+    """The tokenizer stage: BPE on a sample of the data."""
     tokenize: TokenizeConfig = TokenizeConfig()
-    """The tokenize stage."""
+    """The tokenize stage: rows of tokens, train and validation."""
     pretrain: TrainConfig = TrainConfig()
-    """The pretrain stage."""
+    """The pretrain stage: a model from scratch."""
     finetune: FinetuneConfig = FinetuneConfig()
-    """The finetune stage."""
+    """The finetune stage: SFT, LoRA or QLoRA on conversations."""
     evaluate: EvalConfig = EvalConfig()
-    """The evaluate stage."""
-
-
-# Which schema validates the YAML in each folder of configs/.
-SCHEMA_BY_FOLDER: dict[str, type[Schema]] = {
-    "pipelines": PipelineConfig,
-    "data": DataConfig,
-    "tokenizer": TokenizerConfig,
-    "tokenize": TokenizeConfig,
-    "pretrain": TrainConfig,
-    "finetune": FinetuneConfig,
-    "eval": EvalConfig,
-    "serve": ServeConfig,
-}
+    """The evaluate stage: bits per byte, benchmarks, sample answers."""
 
 
 @dataclass
@@ -76,12 +77,14 @@ class StageContext:
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
-    folder: str
-    section: str | None                # which part of PipelineConfig configures it
-    upstream: tuple[str, ...]
+    name: str                          # its folder in the run, its section of PipelineConfig, its job
+    upstream: tuple[str, ...]          # the stages whose folders it reads
     run: Callable[[StageContext], dict]
-    also_reads: tuple[str, ...] = ()   # settings of other sections it depends on, dotted
+    also_reads: tuple[str, ...] = ()   # settings of other stages it depends on, dotted
+
+    def settings(self, config: PipelineConfig) -> Schema | None:
+        """Its section of the config; None for the export, whose one setting is the run's name."""
+        return getattr(config, self.name, None)
 
 
 def model_dir(folder: Path) -> Path:
@@ -89,148 +92,110 @@ def model_dir(folder: Path) -> Path:
     return folder / "model" if (folder / "model" / "config.json").is_file() else folder
 
 
-def run_prepare_data(ctx: StageContext) -> dict:
-    from solo.data import stage as data
-
-    return data.prepare(ctx.config.data, ctx.output, progress=ctx.log)
+def run_data(ctx: StageContext) -> dict:
+    return prepare(ctx.config.data, ctx.output, progress=ctx.log)
 
 
 def run_tokenizer(ctx: StageContext) -> dict:
     """BPE on a hash-spread sample of the prepared data's training documents or, with no data stage
-    upstream (`jobs.train_tokenizer --input`), of the raw inputs in `config.data.inputs`."""
-    import functools
-
-    from solo.tokens import tokenizer as tok
-
-    if "prepare_data" in ctx.inputs:
-        documents = functools.partial(tok.prepared_documents, ctx.inputs["prepare_data"] / "data")
+    upstream (`jobs.tokenizer --input`), of the raw inputs in `config.data.inputs`."""
+    if "data" in ctx.inputs:
+        data = ctx.inputs["data"] / "data"
+        documents = lambda: prepared_documents(data)  # noqa: E731 (a fresh pass on every call)
     else:
-        documents = functools.partial(tok.raw_documents, ctx.config.data.inputs)
-    return tok.train_stage(documents, ctx.config.tokenizer, ctx.config.tokenize.val_fraction, ctx.output,
-                           progress=ctx.log)
+        documents = lambda: raw_documents(ctx.config.data.inputs)  # noqa: E731
+    return train_stage(documents, ctx.config.tokenizer, ctx.config.tokenize.val_fraction, ctx.output,
+                       progress=ctx.log)
 
 
 def run_tokenize(ctx: StageContext) -> dict:
-    from solo.tokens import tokenizer as tok
-    from solo.tokens.shards import tokenize
-
     cfg = ctx.config.tokenize
-    return tokenize(ctx.inputs["prepare_data"] / "data", tok.load(ctx.inputs["tokenizer"]), ctx.output,
+    return tokenize(ctx.inputs["data"] / "data", load(ctx.inputs["tokenizer"]), ctx.output,
                     cfg.seq_len, cfg.val_fraction, cfg.rows_per_shard, progress=ctx.log)
 
 
-def _val_bytes_per_token(tokens_dir: Path) -> float | None:
-    manifest = read_manifest(tokens_dir)
-    return manifest.metrics.get("bytes_per_token") if manifest else None
-
-
 def run_pretrain(ctx: StageContext) -> dict:
-    from solo.train.loop import TrainJob, run_training
-
     tokens = ctx.inputs["tokenize"]
+    manifest = read_manifest(tokens)
     job = TrainJob(config=ctx.config.pretrain, train_dir=str(tokens / "train"), val_dir=str(tokens / "val"),
                    tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output),
-                   val_bytes_per_token=_val_bytes_per_token(tokens))
+                   val_bytes_per_token=manifest.metrics.get("bytes_per_token") if manifest else None)
     return run_training(job)
 
 
 def run_finetune(ctx: StageContext) -> dict:
-    from solo.tokens import tokenizer as tok
-    from solo.train.sft import build_sft_rows
-    from solo.train.loop import TrainJob, run_training
-
-    cfg = ctx.config.finetune
-    rows = build_sft_rows(tok.load(ctx.inputs["tokenizer"]), cfg, ctx.output / "rows")
-    ctx.log(f"finetune ({cfg.method}): {rows['conversations']:,} conversations in {rows['train_rows']:,} rows to "
-            f"learn from, {rows['val_rows']:,} held out, {rows['skipped']:,} records skipped (rows/report.json)")
-    base = model_dir(ctx.inputs["pretrain"])
-    if cfg.trains_adapters():
-        from solo.train.adapters import check_target_modules
-
-        check_target_modules(base, cfg)
-    job = TrainJob(config=cfg, train_dir=str(ctx.output / "rows" / "train"), val_dir=str(ctx.output / "rows" / "val"),
-                   tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output), init_model_dir=str(base))
-    metrics = {**run_training(job), **rows}
-    if cfg.trains_adapters():
-        from solo.store import register_adapter
-
-        name = cfg.adapter_name or ctx.config.run
-        registered = register_adapter(name, ctx.output / "adapter", base_model=str(base), method=cfg.method,
-                                      metrics=metrics)
-        ctx.log(f"finetune: adapter {name!r} registered at {registered}")
-        metrics["adapter"] = name
-    return metrics
+    return finetune(ctx.config.finetune, model_dir(ctx.inputs["pretrain"]), ctx.inputs["tokenizer"], ctx.output,
+                    adapter_name=ctx.config.run, log=ctx.log)
 
 
 def run_evaluate(ctx: StageContext) -> dict:
-    """Bits per byte of both models on held-out text; the benchmarks (evaluate.tasks) and sample
-    answers on the fine-tuned one, the model the run ships."""
-    from solo.evals import bpb as evaluate
-    from solo.evals.suite import run_tasks
-    from solo.tokens.tokenizer import prepared_documents
-    from solo.tokens.shards import is_validation
-
+    """Bits per byte of both models on the documents tokenize held out; the benchmarks and sample answers on
+    the fine-tuned one, the model the run ships."""
     cfg = ctx.config.evaluate
-    held_out = [text for id_, text, _ in prepared_documents(ctx.inputs["prepare_data"] / "data")
+    held_out = [text for id_, text, _ in prepared_documents(ctx.inputs["data"] / "data")
                 if is_validation(id_, ctx.config.tokenize.val_fraction)][:cfg.max_documents]
-    if not held_out:
-        raise SoloError("no held-out documents to evaluate on: raise tokenize.val_fraction or add data")
-    metrics: dict = {"held_out_documents": len(held_out)}
-    report = ["# Evaluation", "", f"Bits per byte on {len(held_out)} held-out documents.", "",
-              "| model | bits per byte | perplexity |", "| --- | ---: | ---: |"]
-    for stage in ("pretrain", "finetune"):
-        model, tokenizer = evaluate.load_model(model_dir(ctx.inputs[stage]))
-        scores = evaluate.bits_per_byte(model, tokenizer, held_out, seq_len=ctx.config.tokenize.seq_len)
-        metrics[f"{stage}_bits_per_byte"] = round(scores["bits_per_byte"], 4)
-        metrics[f"{stage}_perplexity"] = round(scores["perplexity"], 2)
-        report.append(f"| {stage} | {scores['bits_per_byte']:.4f} | {scores['perplexity']:.2f} |")
-    tasks = run_tasks(model, tokenizer, cfg, ctx.output, ctx.log)
-    if tasks:
-        report += ["", "## Benchmarks (fine-tuned model)", "", "| task | shots | questions | accuracy |",
-                   "| --- | ---: | ---: | ---: |"]
-    for name, result in tasks.items():
-        metrics[f"{name}_accuracy"] = result["accuracy"]
-        report.append(f"| {name} | {result['settings']['shots']} | {result['n']} | {100 * result['accuracy']:.1f} |")
-    report += ["", "## Sample answers (fine-tuned model, greedy)", ""]
-    samples = []
-    for prompt, reply in zip(cfg.prompts, evaluate.chat_answers(model, tokenizer, list(cfg.prompts), cfg.max_new_tokens)):
-        samples.append({"prompt": prompt, "answer": reply})
-        report += [f"**{prompt}**", "", f"> {reply}", ""]
-    (ctx.output / "metrics.json").write_text(json.dumps({**metrics, "samples": samples}, indent=2) + "\n")
-    (ctx.output / "report.md").write_text("\n".join(report) + "\n")
-    ctx.log(f"evaluate: bits per byte {metrics['pretrain_bits_per_byte']} pretrained, "
-            f"{metrics['finetune_bits_per_byte']} fine-tuned")
-    return metrics
+    models = {stage: model_dir(ctx.inputs[stage]) for stage in ("pretrain", "finetune")}
+    return evaluate(models, held_out, cfg, ctx.config.tokenize.seq_len, ctx.output, ctx.log)
 
 
 def run_export(ctx: StageContext) -> dict:
     """A Hugging Face folder (`LlamaForCausalLM` + tokenizer + chat template), proven to load."""
-    from solo.evals import bpb as evaluate
-
     target = ctx.output / ctx.config.run
     shutil.copytree(model_dir(ctx.inputs["finetune"]), target)
-    model, tokenizer = evaluate.load_model(target)
-    [reply] = evaluate.chat_answers(model, tokenizer, [ctx.config.evaluate.prompts[0]], 16)
+    model, tokenizer = load_model(target)
+    [reply] = chat_answers(model, tokenizer, [ctx.config.evaluate.prompts[0]], 16)
     size = sum(f.stat().st_size for f in target.iterdir())
     ctx.log(f"export: {target.name} ({size / 1e6:.1f} MB) loads with transformers; it says {reply!r}")
     return {"model": ctx.config.run, "bytes": size, "parameters": model.num_parameters()}
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare_data", "data", "data", (), run_prepare_data),
+    Stage(name="data", upstream=(), run=run_data),
     # The tokenizer report measures compression on the documents tokenize will hold out.
-    Stage("tokenizer", "tokenizer", "tokenizer", ("prepare_data",), run_tokenizer, ("tokenize.val_fraction",)),
-    Stage("tokenize", "tokens", "tokenize", ("prepare_data", "tokenizer"), run_tokenize),
-    Stage("pretrain", "pretrain", "pretrain", ("tokenize", "tokenizer"), run_pretrain),
-    Stage("finetune", "sft", "finetune", ("pretrain", "tokenizer"), run_finetune),
-    Stage("evaluate", "eval", "evaluate", ("prepare_data", "tokenize", "pretrain", "finetune"), run_evaluate),
-    Stage("export", "export", None, ("finetune", "evaluate"), run_export),
+    Stage(name="tokenizer", upstream=("data",), run=run_tokenizer, also_reads=("tokenize.val_fraction",)),
+    Stage(name="tokenize", upstream=("data", "tokenizer"), run=run_tokenize),
+    Stage(name="pretrain", upstream=("tokenize", "tokenizer"), run=run_pretrain),
+    Stage(name="finetune", upstream=("pretrain", "tokenizer"), run=run_finetune),
+    Stage(name="evaluate", upstream=("data", "tokenize", "pretrain", "finetune"), run=run_evaluate),
+    Stage(name="export", upstream=("finetune", "evaluate"), run=run_export),
 )
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 
+# Which schema validates the YAML in each folder of configs/: a stage's folder holds its section alone.
+SCHEMA_BY_FOLDER: dict[str, type[Schema]] = {
+    "pipelines": PipelineConfig,
+    **{s.name: PipelineConfig.model_fields[s.name].annotation for s in STAGES if s.name in PipelineConfig.model_fields},
+    "serve": ServeConfig,
+}
 
-def exported_model_dir(run: RunStore, run_name: str) -> Path:
-    return run.stage_dir("export") / run_name
+# What runs made before each stage had one name called things: its old name → the stage, and its old
+# folder → the stage's folder. `migrate_run` renames them, so those runs skip and resume as before.
+LEGACY_STAGE_NAMES = {"prepare_data": "data"}
+LEGACY_FOLDERS = {"tokens": "tokenize", "sft": "finetune", "eval": "evaluate"}
+
+
+def migrate_run(run: RunStore) -> None:
+    """A run written under the old names, renamed in place: its folders, and in each manifest the stage's name
+    and its inputs' names, the keys downstream manifests recorded kept in step."""
+    for old, new in LEGACY_FOLDERS.items():
+        for suffix in ("", ".partial"):
+            source, target = run.root / (old + suffix), run.root / (new + suffix)
+            if source.is_dir() and not target.exists():
+                source.rename(target)
+    rekeyed: dict[str, str] = {}  # an upstream manifest's key before → after
+    for stage in STAGES:
+        final = run.stage_dir(stage.name)
+        for folder in (final, partial_folder(final)):
+            manifest = read_manifest(folder)
+            if manifest is None:
+                continue
+            before = manifest.key()
+            inputs = {LEGACY_STAGE_NAMES.get(name, name): rekeyed.get(key, key) for name, key in manifest.inputs.items()}
+            if inputs != manifest.inputs or manifest.stage != stage.name:
+                manifest.stage, manifest.inputs = stage.name, inputs
+                write_manifest(folder, manifest)
+            if folder == final:
+                rekeyed[before] = manifest.key()
 
 
 def raw_input_keys(config: PipelineConfig) -> dict[str, str]:
@@ -250,10 +215,10 @@ def raw_input_keys(config: PipelineConfig) -> dict[str, str]:
 
 
 def _config_hash(config: PipelineConfig, stage: Stage) -> str:
-    # The export's only setting is the run name (its folder); the others have their own section.
-    if stage.section is None:
+    settings = stage.settings(config)
+    if settings is None:  # the export's only setting is the run name (its folder)
         return config.run
-    fingerprint = getattr(config, stage.section).fingerprint()
+    fingerprint = settings.fingerprint()
     if not stage.also_reads:
         return fingerprint
     read = {dotted: _setting(config, dotted) for dotted in stage.also_reads}
@@ -305,12 +270,13 @@ def run_pipeline(config: PipelineConfig, run: RunStore, until: str | None = None
     """Run every stage in order (up to `until`); returns each stage's manifest."""
     done: dict[str, Manifest] = {}
     raw_keys = raw_input_keys(config)  # a missing input fails here, before Ray starts
+    migrate_run(run)
     init_ray()
     print(f"run {config.run}: {run.root}", flush=True)
     for stage in STAGES:
-        inputs = {name: run.stage_dir(STAGE_BY_NAME[name].folder) for name in stage.upstream}
-        keys = raw_keys if stage.name == "prepare_data" else {name: done[name].key() for name in stage.upstream}
-        done[stage.name] = execute(stage, config, run, inputs, keys, run.stage_dir(stage.folder))
+        inputs = {name: run.stage_dir(name) for name in stage.upstream}
+        keys = raw_keys if stage.name == "data" else {name: done[name].key() for name in stage.upstream}
+        done[stage.name] = execute(stage, config, run, inputs, keys, run.stage_dir(stage.name))
         if stage.name == until:
             break
     return done
@@ -322,10 +288,11 @@ def run_stage(name: str, config: PipelineConfig, run: RunStore, inputs: dict[str
     unless `inputs` names other folders, or (`from_raw_inputs`, as the data stage always does) the
     raw files of `config.data.inputs`; it writes to the run's stage folder unless `output` is given."""
     stage = STAGE_BY_NAME[name]
-    if from_raw_inputs or name == "prepare_data":
+    migrate_run(run)
+    if from_raw_inputs or name == "data":
         folders, keys = {}, raw_input_keys(config)
     else:
-        folders = {n: run.stage_dir(STAGE_BY_NAME[n].folder) for n in stage.upstream}
+        folders = {n: run.stage_dir(n) for n in stage.upstream}
         folders.update(inputs or {})
         for upstream, folder in folders.items():
             if not folder.exists():
@@ -338,7 +305,5 @@ def run_stage(name: str, config: PipelineConfig, run: RunStore, inputs: dict[str
     elif name != "pretrain":
         raise SoloError(f"{name} runs under Ray only; of the stages, pretrain alone runs under the deepspeed launcher")
     else:
-        from solo.train.loop import start_launched
-
         start_launched(config.pretrain)
-    return execute(stage, config, run, folders, keys, output or run.stage_dir(stage.folder), rank)
+    return execute(stage, config, run, folders, keys, output or run.stage_dir(name), rank)

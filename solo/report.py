@@ -14,11 +14,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+
 from solo.evals.config import CostConfig, EvalConfig
+from solo.pipeline import STAGES, migrate_run
 from solo.store import Manifest, RunStore, read_manifest
 
-STAGE_FOLDERS = ("data", "tokenizer", "tokens", "pretrain", "sft", "eval", "export")
-TRAINING = {"pretrain": "pretrain", "sft": "fine-tune"}
+TRAINING = {"pretrain": "pretrain", "finetune": "fine-tune"}  # the training stages, as the card names them
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,9 @@ def read_curve(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def finished(run: RunStore, folder: str) -> Manifest | None:
+def finished(run: RunStore, stage: str) -> Manifest | None:
     """A stage's manifest when it completed; a crashed or running one is not reported on."""
-    manifest = read_manifest(run.stage_dir(folder))
+    manifest = read_manifest(run.stage_dir(stage))
     return manifest if manifest is not None and manifest.status == "complete" else None
 
 
@@ -67,8 +69,6 @@ def task_results(eval_dir: Path) -> dict[str, dict]:
 def _plot(path: Path, title: str, curves: dict[str, list[dict[str, float]]], keys: dict[str, str], ylabel: str,
           ) -> Path | None:
     """One PNG of `keys` (column → label) against step, a line per stage; None when nothing to draw."""
-    from matplotlib.figure import Figure   # the object API: no pyplot, no global backend state
-
     figure = Figure(figsize=(7, 3.6), dpi=110)
     axes = figure.add_subplot()
     drawn = False
@@ -112,10 +112,10 @@ def _fmt(value: float | None, spec: str = ".3f", unit: str = "") -> str:
 
 def stage_section(run: RunStore) -> list[str]:
     lines = ["## Stages", "", "| stage | status | time | restarts |", "| --- | --- | ---: | ---: |"]
-    for folder in STAGE_FOLDERS:
-        manifest = finished(run, folder)
+    for stage in STAGES:
+        manifest = finished(run, stage.name)
         if manifest is not None:
-            lines.append(f"| {folder} | {manifest.status} | {_fmt(manifest.duration_s, '.1f', ' s')} | "
+            lines.append(f"| {stage.name} | {manifest.status} | {_fmt(manifest.duration_s, '.1f', ' s')} | "
                          f"{len(manifest.restarts)} |")
     return lines + [""]
 
@@ -176,7 +176,7 @@ def evaluation_section(summary: dict, tasks: dict[str, dict]) -> list[str]:
 
 def run_hours(run: RunStore) -> float:
     """Wall-clock hours of every finished stage: one machine, busy the whole time."""
-    return sum((m.duration_s or 0.0) for m in (finished(run, f) for f in STAGE_FOLDERS) if m is not None) / 3600
+    return sum((m.duration_s or 0.0) for m in (finished(run, s.name) for s in STAGES) if m is not None) / 3600
 
 
 def cost_section(hours: float, on_gpu: bool, cost: CostConfig, tasks: dict[str, dict]) -> list[str]:
@@ -203,11 +203,12 @@ def cost_section(hours: float, on_gpu: bool, cost: CostConfig, tasks: dict[str, 
 def write_report(run: RunStore, config: EvalConfig | None = None) -> Path:
     """Write `<run>/report/report.md` and its plots; returns the markdown's path."""
     config = config or EvalConfig()
+    migrate_run(run)  # a run from before the stages had one name each
     folder = run.root / "report"
     folder.mkdir(parents=True, exist_ok=True)
     curves = {stage: read_curve(run.stage_dir(stage) / "metrics.csv") for stage in TRAINING}
-    tasks = task_results(run.stage_dir("eval")) if finished(run, "eval") else {}
-    summary = _json(run.stage_dir("eval") / "metrics.json") if finished(run, "eval") else {}
+    tasks = task_results(run.stage_dir("evaluate")) if finished(run, "evaluate") else {}
+    summary = _json(run.stage_dir("evaluate") / "metrics.json") if finished(run, "evaluate") else {}
     on_gpu = any(r.get("gpu_peak_gb", 0) > 0 for rows in curves.values() for r in rows)
     lines = [f"# Report card: {run.root.name}", ""]
     lines += stage_section(run)

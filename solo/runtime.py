@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
+import ray
+import torch
+import torch.distributed as dist
+from ray._raylet import Config
+
+from solo.config import checkout_root
 from solo.errors import SoloError
 from solo.store import solo_home, torch_extensions_dir
 
 
 def cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -21,8 +26,6 @@ def worker_env() -> dict[str, str]:
     """Variables every Ray worker needs: the checkout relative config paths start from, where
     compiled DeepSpeed ops are cached (built once per machine, not once per job), the artifact
     store, DeepSpeed's CPU accelerator without a GPU, and the mode Ray Serve runs in."""
-    from solo.config import checkout_root
-
     env = {
         "SOLO_CHECKOUT": str(checkout_root()),
         "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir()),
@@ -50,8 +53,6 @@ def worker_env() -> dict[str, str]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -115,8 +116,6 @@ def join_one_process_group(cuda: bool) -> None:
 
 def wait_for_all_ranks() -> None:
     """A barrier across the processes the `deepspeed` launcher started."""
-    import torch.distributed as dist
-
     dist.barrier()
 
 
@@ -148,25 +147,18 @@ def init_ray(num_cpus: int | None = None) -> None:
     env = worker_env()
     for key, value in env.items():
         os.environ.setdefault(key, value)
-    address = cluster_address()
-    ray_was_imported = "ray" in sys.modules
-    if address is not None:
-        # Ray 2.60 turns token authentication on for a local head, and a client must say so to
-        # join one. A private local Ray turns it on by itself, so there the mode is left alone.
-        os.environ["RAY_AUTH_MODE"] = "token"
-    import ray
-
     if ray.is_initialized():
         return
+    address = cluster_address()
     runtime_env = {"env_vars": env}
     if address is None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
         return
-    if ray_was_imported:
-        # Ray reads the mode when it is imported; re-read it, as Ray itself does when it turns it on.
-        from ray._raylet import Config
-
-        Config.initialize("")
+    # Ray 2.60 turns token authentication on for a local head, and a client must say so to join one (a
+    # private local Ray turns it on by itself, so there the mode is left alone). Ray read the mode when it
+    # was imported: re-read it, as Ray itself does when it turns the mode on.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
     # Inside a submitted job the job's runtime env already holds these same variables; let Ray
     # merge the two rather than refuse the overlap.
     os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"

@@ -26,6 +26,8 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from solo.errors import SoloError
+
 MANIFEST = "manifest.json"
 
 
@@ -106,6 +108,11 @@ class RunStore:
         return self.root / stage
 
 
+def exported_model_dir(run: RunStore, run_name: str) -> Path:
+    """The Hugging Face folder the export stage writes: what `solo serve --model RUN` serves."""
+    return run.stage_dir("export") / run_name
+
+
 ADAPTER_MANIFEST = "adapter.json"
 
 
@@ -151,8 +158,6 @@ def register_adapter(name: str, source: Path, base_model: str, method: str, metr
 
 def find_adapter(name: str) -> tuple[Path, AdapterManifest]:
     """A registered adapter's folder (load it with `peft.PeftModel.from_pretrained`) and its manifest."""
-    from solo.errors import SoloError
-
     folder = adapters_dir() / name
     if not (folder / ADAPTER_MANIFEST).is_file():
         known = sorted(p.name for p in adapters_dir().glob("*") if (p / ADAPTER_MANIFEST).is_file())

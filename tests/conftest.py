@@ -15,7 +15,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from solo.data import corpus
     from solo.train.presets import llama_config
-    from solo.tokens.tokenizer import stop_token_ids, train_bpe
+    from solo.tokens.tokenizer import stop_token_ids
+    from solo.tokens.train_bpe import train_bpe
 
     folder = tmp_path_factory.mktemp("tiny-model")
     tok = train_bpe((doc["text"] for doc in corpus.documents(max_documents=300)), vocab_size=1024, min_frequency=2)
@@ -74,22 +75,22 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder as a run's tokenizer and tokenize stages leave it: tokenizer/ (a 512-token BPE on 60
-    embedded documents) and tokens/{train,val}/ (rows of 64 tokens, split by document as tokenize
+    embedded documents) and tokenize/{train,val}/ (rows of 64 tokens, split by document as tokenize
     does). Built once per session (~3 s)."""
     from solo.data import corpus
-    from solo.tokens import tokenizer as tok
+    from solo.tokens import train_bpe as bpe
     from solo.tokens.shards import ShardWriter, is_validation, pack, token_dtype
 
     seq_len = 64
     folder = tmp_path_factory.mktemp("tiny-tokens")
     documents = list(corpus.documents(max_documents=60))
-    tokenizer = tok.train_bpe((d["text"] for d in documents), vocab_size=512, min_frequency=2)
+    tokenizer = bpe.train_bpe((d["text"] for d in documents), vocab_size=512, min_frequency=2)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     for split in ("train", "val"):
         members = [d for d in documents if is_validation(d["id"], 0.1) == (split == "val")]
         encoded = [tokenizer(d["text"], add_special_tokens=False)["input_ids"] for d in members]
         rows, _ = pack(encoded, tokenizer.eos_token_id, seq_len, token_dtype(len(tokenizer)))
-        writer = ShardWriter(folder / "tokens" / split, seq_len, token_dtype(len(tokenizer)), rows_per_shard=256)
+        writer = ShardWriter(folder / "tokenize" / split, seq_len, token_dtype(len(tokenizer)), rows_per_shard=256)
         for row in rows:
             writer.add(row)
         writer.close()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
 from pathlib import Path
-from typing import Callable
 
-from solo.errors import SoloError
+from solo.config import default_config_path, load_config
+from solo.data.config import DataConfig, InputSpec
+from solo.errors import main_guard
+from solo.pipeline import PipelineConfig, run_stage
+from solo.runtime import launched_rank
+from solo.store import RunStore
 
 
 def job_parser(doc: str, *, inputs: bool = False, data: bool = False, model: bool = False) -> argparse.ArgumentParser:
@@ -29,45 +31,14 @@ def job_parser(doc: str, *, inputs: bool = False, data: bool = False, model: boo
     return parser
 
 
-def main_guard(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Run `main`; a SoloError (something the user can fix) ends it with one line and exit code 2."""
-
-    @functools.wraps(main)
-    def guarded(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs) or 0
-        except SoloError as error:
-            print(f"solo: {error}", file=sys.stderr, flush=True)
-            return 2
-        except KeyboardInterrupt:
-            print("solo: interrupted", file=sys.stderr)
-            return 130
-
-    return guarded
-
-
-# Which folder of configs/ holds each stage's YAML (validated by that section's schema).
-STAGE_CONFIG_FOLDER = {"prepare_data": "data", "tokenizer": "tokenizer", "tokenize": "tokenize",
-                       "pretrain": "pretrain", "finetune": "finetune", "evaluate": "eval"}
-
-
 def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from: str | None = None,
               model_from: str | None = None) -> int:
-    """A pipeline stage as its own job: `--config` holds that stage's settings alone (top-level
-    keys, e.g. `--set vocab_size=8000`), `--run` names the run whose upstream stages it reads,
-    `--data`/`--model` point it at other folders instead, and `--output` elsewhere to write."""
-
+    """A pipeline stage as its own job: `--config` holds that stage's settings alone (top-level keys, e.g.
+    `--set vocab_size=8000`; default configs/<stage>/default.yaml), `--run` names the run whose upstream
+    stages it reads, `--data`/`--model` point it at other folders instead, and `--output` elsewhere to write."""
     @main_guard
     def main() -> int:
-        from solo.config import default_config_path, load_config
-        from solo.data.config import DataConfig, InputSpec
-        from solo.pipeline import PipelineConfig
-        from solo.pipeline import STAGE_BY_NAME, run_stage
-        from solo.runtime import launched_rank
-        from solo.store import RunStore
-
-        section = STAGE_BY_NAME[stage].section
-        parser = job_parser(doc, inputs=stage in ("prepare_data", "tokenizer"),
+        parser = job_parser(doc, inputs=stage in ("data", "tokenizer"),
                             data=data_from is not None or stage == "finetune", model=model_from is not None)
         parser.add_argument("--run", default="default", help="the run to read inputs from and write to")
         # The deepspeed launcher appends it; LOCAL_RANK in the environment says the same.
@@ -75,17 +46,17 @@ def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from:
         args = parser.parse_args(argv)
         if getattr(args, "inputs", None) and getattr(args, "data", None):
             parser.error("--input and --data both name what to read: pass one")
-        schema = PipelineConfig.model_fields[section].annotation
-        default = default_config_path(STAGE_CONFIG_FOLDER[stage])
+        schema = PipelineConfig.model_fields[stage].annotation
+        default = default_config_path(stage)
         settings = load_config(schema, args.config or (default if default.is_file() else None), args.overrides)
-        if stage == "prepare_data" and args.inputs:
+        if stage == "data" and args.inputs:
             settings = settings.model_copy(update={"inputs": [InputSpec(path=p, domain="user") for p in args.inputs]})
         if stage == "finetune" and args.data:
             settings = settings.model_copy(update={"data": str(args.data)})
         # The tokenizer reads raw inputs itself, one domain per input so its report compares them.
         raw = ({"data": DataConfig(inputs=[InputSpec(path=p, domain=Path(p).name) for p in args.inputs])}
                if stage == "tokenizer" and args.inputs else {})
-        config = PipelineConfig(run=args.run, **{section: settings}, **raw)
+        config = PipelineConfig(run=args.run, **{stage: settings}, **raw)
         inputs = {}
         if data_from and getattr(args, "data", None):
             inputs[data_from] = args.data.expanduser().resolve()

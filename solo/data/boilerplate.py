@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow as pa
+import ray
 
 from solo.data.config import BoilerplateConfig
 
@@ -43,8 +44,6 @@ def line_keys(batch: pa.Table) -> pa.Table:
 
 def frequent_lines(normalized, c: BoilerplateConfig) -> frozenset[int]:
     """Keys of the lines found in at least `c.min_documents` distinct documents of their domain."""
-    import ray
-
     # Ray Data's default of 200 shuffle partitions costs more to schedule than a small corpus to count.
     partitions = max(2, int(ray.cluster_resources().get("CPU", 2)))
     pairs = normalized.select_columns(["text", "domain", "reason"]).map_batches(line_keys, batch_format="pyarrow")

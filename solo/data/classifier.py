@@ -24,8 +24,10 @@ import numpy as np
 
 from solo.config import checkout_root
 from solo.data.config import InputSpec, QualityClassifierConfig
-from solo.errors import SoloError
 from solo.data.ngrams import ngram_hashes, word_hashes, words
+from solo.data.normalize import normalize
+from solo.data.read import parse_file, resolve_files
+from solo.errors import SoloError
 
 MODEL_FILE = "quality_classifier.npz"
 
@@ -49,8 +51,6 @@ class Model:
 
 
 def example_files(path: str) -> list[Path]:
-    from solo.data.stage import resolve_files
-
     resolved = (checkout_root() / Path(path).expanduser()).resolve()
     return resolve_files(InputSpec(path=str(resolved)))
 
@@ -58,8 +58,6 @@ def example_files(path: str) -> list[Path]:
 def read_examples(path: str, text_field: str) -> list[str]:
     """Texts of an example file or folder, read as inputs are and normalized as documents are;
     corrupt or empty records are skipped."""
-    from solo.data.stage import normalize, parse_file
-
     texts = []
     for file in example_files(path):
         spec = InputSpec(path=str(file), text_field=text_field, id_field=None)

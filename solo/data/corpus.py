@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import pydoc_data.topics
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,6 @@ def _walk(body: list[ast.stmt], prefix: str) -> Iterator[Documented]:
 
 def documents(max_documents: int | None = None) -> Iterator[dict]:
     """Records `{id, text}`: pydoc's topic pages, then one document per module's docstrings."""
-    import pydoc_data.topics
-
     count = 0
     for name in sorted(pydoc_data.topics.topics):
         if max_documents is not None and count >= max_documents:

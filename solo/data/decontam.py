@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from solo.data.config import DecontamConfig, EvalSetSpec
-from solo.errors import SoloError
 from solo.data.ngrams import text_ngrams
+from solo.errors import SoloError
 
 
 def _files(spec: EvalSetSpec, suffix: str) -> list[Path]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
 from solo.data.config import LanguageConfig
 
 # langid's features are byte n-grams: past a few thousand characters the answer no longer changes,
@@ -13,8 +15,6 @@ _SAMPLE_CHARS = 5000
 
 @lru_cache(maxsize=1)
 def _identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 

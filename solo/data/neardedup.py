@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import pyarrow.dataset as pads
 import xxhash
 
 from solo.data.config import DedupConfig
@@ -268,8 +269,6 @@ def find_near_duplicates(ids: list[str], bands: np.ndarray, sizes: np.ndarray, c
 
 def find_in_signatures(folder: Path, config: DedupConfig, skip: set[str] = frozenset()) -> NearDuplicates:
     """Near duplicates among the signed rows of a parquet folder (written through `sign`), but `skip`."""
-    import pyarrow.dataset as pads
-
     dataset = pads.dataset(str(folder), format="parquet")
     keys = dataset.to_table(columns=["id", "bands", "n_shingles"], filter=pads.field("n_shingles") > 0)
     raw_ids = keys.column("id").to_pylist()

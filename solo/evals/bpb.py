@@ -1,4 +1,4 @@
-"""Evaluation: bits per byte on held-out text, and sample answers through the chat template.
+"""Bits per byte on held-out text.
 
 Bits per byte divides the summed negative log-likelihood (in bits) by the UTF-8 bytes of the
 text, so models with different tokenizers compare on the same scale.
@@ -7,21 +7,8 @@ text, so models with different tokenizers compare on the same scale.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
-
-
-def load_model(model_dir: str | Path):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    from solo.tokens.tokenizer import load
-
-    logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    model.eval()
-    return model, load(model_dir)
 
 
 @torch.no_grad()
@@ -51,14 +38,3 @@ def bits_per_byte(model, tokenizer, texts: list[str], seq_len: int, batch_size: 
         tokens += int(scored.sum())
     return {"bits_per_byte": nll / math.log(2) / max(total_bytes, 1), "perplexity": math.exp(nll / max(tokens, 1)),
             "tokens": tokens, "bytes": total_bytes}
-
-
-def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers to one-turn chats, rendered by the model's chat template and decoded by the
-    serving engine: what `solo serve` would answer at temperature 0."""
-    from solo.evals.generate import cpu_engine, greedy_ids
-    from solo.tokens.tokenizer import render_chat
-
-    prompts = [render_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)[0]
-               for q in questions]
-    return [reply.strip() for reply in greedy_ids(cpu_engine(model, len(prompts)), tokenizer, prompts, max_new_tokens)]

@@ -12,15 +12,14 @@ import asyncio
 from contextlib import aclosing
 from typing import Sequence
 
+from solo.serving.cpu_engine import CpuEngine
+from solo.serving.detokenize import TextStream
 from solo.serving.engine import Engine, SamplingParams
-from solo.serving.http.app import TextStream
-from solo.tokens.tokenizer import stop_token_ids
+from solo.tokens.tokenizer import render_chat, stop_token_ids
 
 
 def cpu_engine(model, batch_size: int) -> Engine:
     """The CPU engine over a model already in memory; `batch_size` sequences decode together."""
-    from solo.serving.cpu_engine import CpuEngine
-
     return CpuEngine(model, max_concurrent=batch_size)
 
 
@@ -57,3 +56,11 @@ def greedy_ids(engine: Engine, tokenizer, prompts: Sequence[list[int]], max_new_
         return await asyncio.gather(*(reply(list(ids)) for ids in prompts))
 
     return asyncio.run(every_reply())
+
+
+def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers to one-turn chats, rendered by the model's chat template and decoded by the
+    serving engine: what `solo serve` would answer at temperature 0."""
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)[0]
+               for q in questions]
+    return [reply.strip() for reply in greedy_ids(cpu_engine(model, len(prompts)), tokenizer, prompts, max_new_tokens)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from solo.errors import SoloError
+from solo.evals.model import load_model
 
 try:
     from lm_eval.api.model import LM
@@ -33,7 +34,6 @@ class SoloLM(LM):
 
     def __init__(self, pretrained: str | Path, batch_size: int | str = 16, max_gen_toks: int | str = 256):
         super().__init__()
-        from solo.evals.bpb import load_model
 
         self.model, self.tokenizer = load_model(pretrained)
         self.batch_size, self.max_gen_toks = int(batch_size), int(max_gen_toks)

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from solo.evals.config import EvalConfig
 from solo.evals import tasks
+from solo.evals.config import EvalConfig
 from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import loglikelihoods
 from solo.evals.tasks import MissingData, Problem, Question

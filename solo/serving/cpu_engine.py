@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -138,8 +139,8 @@ class CpuEngine(Engine):
         one set of weights, so requests of different adapters cannot share it; merged, an adapter
         costs its copy's memory and nothing per token. Forward passes stay on this engine's one
         thread, so adapters share the replica's cores instead of fighting over them."""
-        import copy
-
+        # peft imports bitsandbytes, which takes seconds and on a CPU probes the hub for kernels: only a
+        # replica that serves an adapter pays for it.
         from peft import PeftModel
 
         merged = PeftModel.from_pretrained(copy.deepcopy(self.model), folder).merge_and_unload()

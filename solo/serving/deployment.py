@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.errors import SoloError
+from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.serving.engine import Engine
+from solo.serving.engine_process import EngineProcess
+from solo.serving.vllm_engine import VllmEngine, vllm_device
+from solo.store import ADAPTER_MANIFEST, AdapterManifest, adapters_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,6 @@ def pick_engine(requested: str) -> ResolvedEngine:
     a cluster whose GPUs are elsewhere, ask for vllm."""
     if requested != "auto":
         return requested  # type: ignore[return-value]
-    from solo.serving.vllm_engine import vllm_device
 
     return "vllm" if vllm_device() == "cuda" else "cpu"
 
@@ -76,8 +78,6 @@ class ModelPlan:
 def adapters_of(folder: Path, taken: set[str]) -> list[AdapterPlan]:
     """The adapters registered in the artifact store whose base is `folder`. One that cannot be
     read, or whose name is already a model's, is skipped with the reason logged."""
-    from solo.store import ADAPTER_MANIFEST, AdapterManifest, adapters_dir
-
     found = []
     for manifest_file in sorted(adapters_dir().glob(f"*/{ADAPTER_MANIFEST}")):
         try:
@@ -149,7 +149,6 @@ def deployment_options(plan: ModelPlan, config: ServeConfig) -> dict[str, Any]:
 def build_engine(plan: ModelPlan, max_concurrent: int) -> Engine:
     """The plan's engine, on the replica that will run it (torch, or vLLM, load here)."""
     if plan.engine == "vllm":
-        from solo.serving.vllm_engine import VllmEngine
 
         settings = plan.settings
         # Replicas packed onto one GPU must leave each other room: each takes its share.
@@ -158,7 +157,6 @@ def build_engine(plan: ModelPlan, max_concurrent: int) -> Engine:
                           gpu_memory_utilization=memory,
                           adapter_ranks=[a.rank for a in plan.adapters] if plan.adapters else None,
                           max_loras=settings.max_adapters_per_replica)
-    from solo.serving.engine_process import EngineProcess
 
     return EngineProcess(plan.folder, max_concurrent)
 

@@ -9,7 +9,7 @@ core would take it over. On two cores, a random 125m Llama at 16 clients served 
 through HTTP with the engine in the replica, against 138 from the engine alone; now 116 against
 140 (`benchmarks/results/serve_cpu.md`).
 
-The two talk in pickled tuples over a socket pair:
+The two talk in pickled tuples over a socket pair (the engine's side is solo.serving.engine_child):
 
     replica -> engine   ("generate", id, adapter, prompt_ids, params)   adapter "" is the base
                         ("abort", id)                                   its consumer went away
@@ -28,7 +28,6 @@ import collections
 import itertools
 import logging
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -55,14 +54,14 @@ class _Request:
 
 
 class EngineProcess(Engine):
-    """A `CpuEngine` on the model folder, run by `python -m solo.serving.engine_process` in a
+    """A `CpuEngine` on the model folder, run by `python -m solo.serving.engine_child` in a
     child process. Construction returns once the model is loaded, or raises why it could not be."""
 
     def __init__(self, folder: str | Path, max_concurrent: int, threads: int | None = None):
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_SOURCE_ROOT),
                                                                            os.environ.get("PYTHONPATH")]))}
-        command = [sys.executable, "-m", "solo.serving.engine_process", str(theirs.fileno()), str(folder),
+        command = [sys.executable, "-m", "solo.serving.engine_child", str(theirs.fileno()), str(folder),
                    str(max_concurrent), str(threads or 0)]
         self._process = subprocess.Popen(command, pass_fds=[theirs.fileno()], env=env)
         theirs.close()
@@ -232,109 +231,3 @@ def _stop(process: subprocess.Popen) -> int:
 def _put_all(puts: list[tuple[asyncio.Queue, Delta | BaseException]]) -> None:
     for queue, item in puts:
         queue.put_nowait(item)
-
-
-def _portable(error: BaseException) -> BaseException:
-    """The exception itself when it survives pickling (a ValueError for a bad request stays one)."""
-    try:
-        pickle.loads(pickle.dumps(error))
-        return error
-    except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
-
-
-async def serve_engine(connection: Connection, base: Engine) -> None:
-    """The engine process's side of the protocol, until the connection closes."""
-    engines: dict[str, Engine] = {"": base}
-    connection.send(("ready", base.max_context))
-
-    loop = asyncio.get_running_loop()
-    closed = loop.create_future()
-    generations: dict[int, asyncio.Task] = {}
-    outbox: list[tuple[int, Delta | BaseException]] = []
-
-    def flush() -> None:
-        # Scheduled by the first delta of a step, it runs after every sequence's delta is in.
-        items = list(outbox)
-        outbox.clear()
-        try:
-            connection.send(("deltas", items))
-        except OSError:  # the replica is gone: receive() sees it and ends the process
-            pass
-
-    def post(request_id: int, item: Delta | BaseException) -> None:
-        if not outbox:
-            loop.call_soon(flush)
-        outbox.append((request_id, item))
-
-    async def relay(request_id: int, engine: Engine, prompt_ids: list[int], params: SamplingParams) -> None:
-        try:
-            async for delta in engine.generate(prompt_ids, params):
-                post(request_id, delta)
-        except Exception as error:
-            post(request_id, _portable(error))
-        finally:
-            generations.pop(request_id, None)
-
-    async def load_adapter(name: str, adapter_folder: str) -> None:
-        try:
-            engines[name] = await asyncio.to_thread(base.with_adapter, name, adapter_folder)
-            failure = None
-        except Exception as error:
-            log.exception("could not load adapter %s", name)
-            failure = f"{type(error).__name__}: {error}"
-        try:
-            connection.send(("adapter", name, failure))
-        except OSError:
-            pass
-
-    def receive() -> None:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):  # the replica is gone, or closed us
-            loop.remove_reader(connection.fileno())
-            closed.set_result(None)
-            return
-        kind = message[0]
-        if kind == "generate":
-            _, request_id, adapter, prompt_ids, params = message
-            engine = engines.get(adapter)
-            if engine is None:
-                post(request_id, RuntimeError(f"adapter {adapter} is not loaded in the engine"))
-            else:
-                generations[request_id] = loop.create_task(relay(request_id, engine, prompt_ids, params))
-        elif kind == "abort":
-            generation = generations.pop(message[1], None)
-            if generation is not None:
-                generation.cancel()
-        elif kind == "adapter":
-            loop.create_task(load_adapter(message[1], message[2]))
-        elif kind == "retire":
-            adapter = engines.pop(message[1], None)
-            if adapter is not None:
-                adapter.retire()
-
-    loop.add_reader(connection.fileno(), receive)
-    await closed
-
-
-def main() -> None:
-    fd, folder, max_concurrent, threads = sys.argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
-    connection = Connection(int(fd))
-    from solo.serving.cpu_engine import CpuEngine
-
-    try:
-        engine = CpuEngine(folder, int(max_concurrent), int(threads) or None)  # None: its cpu_budget()
-    except Exception as error:
-        log.exception("could not load %s", folder)
-        connection.send(("failed", f"{type(error).__name__}: {error}"))
-        sys.exit(1)
-    try:
-        asyncio.run(serve_engine(connection, engine))
-    except KeyboardInterrupt:
-        pass
-
-
-if __name__ == "__main__":
-    main()

@@ -13,14 +13,13 @@ import json
 from typing import Any, Callable
 
 import torch
+import xgrammar
 
 ANY_OBJECT = json.dumps({"type": "object"})
 
 
 def check_schema(schema: dict[str, Any]) -> str:
     """The schema as the engines take it; a ValueError says why xgrammar cannot use it."""
-    import xgrammar
-
     text = json.dumps(schema)
     try:
         xgrammar.Grammar.from_json_schema(text, any_whitespace=False)
@@ -39,8 +38,6 @@ class Grammars:
         self._bitmask = None  # one, reused: sequences are masked one at a time, on one thread
 
     def matcher(self, schema: str, stop_token_ids: tuple[int, ...]):
-        import xgrammar
-
         compiler = self._compilers.get(stop_token_ids)
         if compiler is None:
             tokenizer = self._tokenizer()
@@ -53,8 +50,6 @@ class Grammars:
 
     def mask(self, matcher, logits: torch.Tensor) -> torch.Tensor:
         """`logits` [vocab] with every token the grammar forbids next at -inf."""
-        import xgrammar
-
         if self._bitmask is None:
             self._bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
         matcher.fill_next_token_bitmask(self._bitmask)

@@ -14,9 +14,15 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from solo.serving.config import ServeConfig
+import ray
+from ray import serve
+
+from services.openai_app import build_app
 from solo.errors import SoloError
+from solo.runtime import init_ray
+from solo.serving.config import ServeConfig
 from solo.serving.deployment import ModelPlan, plan_models, replica_cpus_needed
+from solo.serving.security import KEYS_ENV, is_loopback, read_key_digests
 
 APP_NAME = "solo"
 READY_TIMEOUT_S = 120.0
@@ -24,8 +30,6 @@ READY_TIMEOUT_S = 120.0
 
 def refuse_open_exposure(config: ServeConfig) -> None:
     """Beyond loopback, anyone on the network could spend this machine: not without API keys."""
-    from solo.serving.security import KEYS_ENV, is_loopback, read_key_digests
-
     try:
         keys = read_key_digests(config.api_keys_file)
     except OSError as e:
@@ -77,11 +81,9 @@ def _ray_session() -> Iterator[None]:
     if loaded is not None and loaded.is_initialized():  # the caller's Ray: theirs to shut down
         yield
         return
-    from solo.runtime import init_ray
 
     on_sigterm = signal.getsignal(signal.SIGTERM)
     init_ray()
-    import ray
 
     if threading.current_thread() is threading.main_thread():
         # ray.init hands SIGTERM to a handler that aborts the process, skipping every cleanup
@@ -119,10 +121,7 @@ def serving(config: ServeConfig) -> Iterator[str]:
     check_port_free(config.host, config.port)
     root = f"http://{_client_host(config.host)}:{config.port}"
     with _ray_session():
-        import ray
-        from ray import serve
 
-        from services.openai_app import build_app
 
         if serve.status().proxies:
             # A Serve already running keeps its own HTTP port, so ours would never come up.
@@ -144,7 +143,6 @@ def serving(config: ServeConfig) -> Iterator[str]:
 
 def serve_forever(config: ServeConfig) -> None:
     """Serve until SIGINT or SIGTERM, then stop everything that was started."""
-
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+from solo.errors import SoloError
 from solo.train.config import FinetuneConfig
 
 
 def compute_dtype(config: FinetuneConfig, cuda: bool):
-    import torch
-
     name = config.quantization.compute_dtype
     if name == "auto":
         return torch.bfloat16 if cuda else torch.float32
@@ -23,9 +25,6 @@ def compute_dtype(config: FinetuneConfig, cuda: bool):
 
 def load_base(model_dir: str, config: FinetuneConfig, device):
     """The frozen base: 4-bit NF4/FP4 for qlora (its Linear layers become `bnb.nn.Linear4bit`), else as stored."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     if config.method != "qlora":
         dtype = torch.bfloat16 if config.strategy.precision == "bf16" else torch.float32
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -44,6 +43,8 @@ def load_base(model_dir: str, config: FinetuneConfig, device):
 
 def adapter_model(model_dir: str, config: FinetuneConfig, device):
     """The base with fresh LoRA adapters on `config.lora.target_modules`; only the adapters train."""
+    # peft imports bitsandbytes, which takes seconds and on a CPU probes the hub for kernels (a line of
+    # noise): only the runs that train or merge adapters pay for it.
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     base = load_base(model_dir, config, device)
@@ -62,11 +63,6 @@ def adapter_model(model_dir: str, config: FinetuneConfig, device):
 def check_target_modules(model_dir: Path, config: FinetuneConfig) -> None:
     """Fail here, in one line, on a target module the model lacks: not in every worker, after Ray
     Train has restarted them `max_failures` times over."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from solo.errors import SoloError
-
     with torch.device("meta"):  # the module tree without a byte of weights
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
@@ -79,9 +75,7 @@ def check_target_modules(model_dir: Path, config: FinetuneConfig) -> None:
 def merge_into_base(base_dir: str, adapter_dir: Path, target: Path) -> None:
     """The adapters folded into a full-precision copy of the base (never the 4-bit one, whose rounding
     would be baked in), saved as a plain model `AutoModelForCausalLM` loads."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from peft import PeftModel  # heavy, for adapters only: see adapter_model
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

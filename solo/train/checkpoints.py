@@ -11,8 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from solo.train.config import TrainConfig
+import ray.train
+import torch.distributed as dist
+
 from solo.errors import SoloError
+from solo.train.config import TrainConfig
+from solo.train.stream import is_stream_checkpoint
 
 
 class CheckpointSink:
@@ -29,8 +33,6 @@ class RaySink(CheckpointSink):
         self._restored = None
 
     def latest(self):
-        import ray.train
-
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
@@ -38,8 +40,6 @@ class RaySink(CheckpointSink):
         return Path(checkpoint.to_directory(self._restored))
 
     def save(self, engine, step, client_state, metrics, exclude_frozen=False):
-        import ray.train
-
         with tempfile.TemporaryDirectory(prefix="solo-ckpt-") as folder:
             engine.save_checkpoint(folder, tag=f"step_{step:08d}", client_state=client_state,
                                    exclude_frozen_parameters=exclude_frozen)
@@ -47,8 +47,6 @@ class RaySink(CheckpointSink):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def report(self, metrics):
-        import ray.train
-
         ray.train.report(metrics)
 
 
@@ -65,8 +63,6 @@ class FolderSink(CheckpointSink):
         return self.folder if (self.folder / "latest").is_file() else None
 
     def save(self, engine, step, client_state, metrics, exclude_frozen=False):
-        import torch.distributed as dist
-
         tag = f"step_{step:08d}"
         engine.save_checkpoint(str(self.folder), tag=tag, client_state=client_state, save_latest=False,
                                exclude_frozen_parameters=exclude_frozen)
@@ -148,8 +144,6 @@ def resumes_universal(folder: Path, workers: int) -> bool:
 def check_resumable(folder: Path, engine: str) -> None:
     """DeepSpeed cannot resume a stream checkpoint (its Adam state is not in ZeRO's shards); the stream
     engine resumes both kinds."""
-    from solo.train.stream import is_stream_checkpoint
-
     if engine == "stream":
         return  # it reads any engine's checkpoint written on any worker count (solo.train.stream)
     if is_stream_checkpoint(folder):

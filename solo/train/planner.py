@@ -15,18 +15,18 @@ where it comes from; none is measured on a GPU yet.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from solo.errors import SoloError
+from solo.train.engines import REDUCE_BUCKET_ELEMENTS
+from solo.train.hardware import PEAK_TFLOPS
+from solo.train.presets import PRESETS, flops_per_token, llama_config, parameter_count
+from solo.train.stream import host_bytes_per_parameter
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig
 
-    from solo.train.config import StrategyConfig, TrainConfig
-    from solo.train.loop import TrainJob
 
 GB = 1024**3  # GiB, as torch reports device memory and the training loop its peaks (host_peak_gb)
 
@@ -83,8 +83,6 @@ class Hardware:
     host_cores: int = HOST_CORES
 
     def check(self) -> None:
-        from solo.train.loop import PEAK_TFLOPS
-
         for name, value in (("GPU memory", self.gpu_mem_gb), ("host memory", self.host_mem_gb),
                             ("NVMe space", self.nvme_gb), ("PCIe bandwidth", self.pcie_gbps)):
             if value is not None and not value > 0:
@@ -137,8 +135,6 @@ class ModelShape:
 
     @classmethod
     def of(cls, name: str, config: LlamaConfig, seq_len: int) -> "ModelShape":
-        from solo.train.presets import flops_per_token, parameter_count
-
         h, v, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
         params = parameter_count(config)
         per_layer = (params - v * h * (1 if config.tie_word_embeddings else 2) - h) // layers
@@ -156,8 +152,6 @@ class ModelShape:
 
     @classmethod
     def preset(cls, preset: str, vocab: int, seq_len: int) -> "ModelShape":
-        from solo.train.presets import PRESETS, llama_config
-
         if preset not in PRESETS:
             raise SoloError(f"unknown preset {preset!r}: one of {', '.join(PRESETS)}")
         return cls.of(preset, llama_config(preset, vocab_size=vocab, seq_len=seq_len), seq_len)
@@ -291,8 +285,6 @@ def reduce_bucket_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> float:
     ZeRO-3 the copies its reduce-scatter makes of it. On a GPU the caching allocator takes the whole bucket at
     once, in the compute dtype; on the CPU it is fp32 pages touched as gradients fill it (at most the whole
     model's)."""
-    from solo.train.loop import REDUCE_BUCKET_ELEMENTS
-
     if s.engine != "deepspeed" or s.zero_stage == 0:
         return 0.0
     if on_gpu:
@@ -306,8 +298,6 @@ def stream_state_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> tuple[fl
     """Own, from solo/train/stream.py's design (issue 9): (device, host). Host: its bytes per parameter (fp32 weights,
     gradients, Adam's m and v) and two staging slots of the largest unit, the weights and slots pinned on a
     GPU; device: two fp32 slots of the largest unit, its compute-dtype cast and one unit's gradients."""
-    from solo.train.stream import host_bytes_per_parameter
-
     element = 2 if s.precision == "bf16" else 4
     slot = model.largest_unit * element
     host = host_bytes_per_parameter() * model.parameters + 2 * slot
@@ -332,8 +322,6 @@ def pinned_block(size: int) -> int:
 def step_seconds(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_batch: int,
                  accumulation: int) -> float:
     """One optimizer step of one worker: compute, plus the transfers it cannot hide, plus CPU Adam."""
-    from solo.train.loop import PEAK_TFLOPS
-
     p, n = model.parameters, hw.gpus
     on_gpu = hw.gpu_mem_gb is not None
     element = 2 if s.precision == "bf16" else 4
@@ -425,164 +413,3 @@ def plan(model: ModelShape, hardware: Hardware, seq_len: int, micro_batch: int =
     pick = next((e for e in rows if e.fits and allowed(e.strategy)), None)
     return Plan(model, hardware, seq_len, micro_batch, accumulation, rows, pick)
 
-
-def strategy_yaml(s: Strategy) -> str:
-    """What to paste into a pretrain or finetune config."""
-    if s.engine == "stream":
-        return f"engine: stream\nstrategy:\n  precision: {s.precision}\n"
-    lines = ["strategy:", f"  zero_stage: {s.zero_stage}", f"  offload_optimizer: {s.offload_optimizer}",
-             f"  offload_params: {s.offload_params}"]
-    if "nvme" in (s.offload_optimizer, s.offload_params):
-        lines.append("  nvme_path: /mnt/nvme/solo  # a writable folder on the NVMe drive")
-    lines += [f"  activation_checkpointing: {'true' if s.activation_checkpointing else 'false'}",
-              f"  precision: {s.precision}"]
-    return "\n".join(lines) + "\n"
-
-
-def render(result: Plan) -> str:
-    from solo.train.loop import PEAK_TFLOPS
-
-    m, hw = result.model, result.hardware
-    if hw.gpu_mem_gb is not None:
-        where = (f"{hw.gpus} × {hw.gpu} ({PEAK_TFLOPS[hw.gpu]:g} TFLOPS bf16 peak, {hw.gpu_mem_gb:g} GB), "
-                 f"PCIe {hw.pcie_gbps:g} GB/s, {hw.host_cores} host cores")
-    else:
-        where = f"no GPU: {hw.gpus} CPU worker{'s' if hw.gpus > 1 else ''} of one core"
-    lines = [f"{m.name}: {m.parameters / 1e6:,.1f}M parameters, {m.flops_per_token / 1e9:.3f} GFLOPs/token "
-             f"(vocab {m.vocab:,}, seq_len {result.seq_len:,})",
-             f"hardware: {where}; host {hw.host_mem_gb:g} GB; "
-             + (f"NVMe {hw.nvme_gb:g} GB" if hw.nvme_gb is not None else "no NVMe (--nvme GB adds its rows)"),
-             f"micro-batch {result.micro_batch} × {result.accumulation} accumulation × {hw.gpus} worker(s); "
-             f"fits: at most {100 * (1 - MEMORY_MARGIN):.0f}% of each memory", "",
-             f"{'strategy':<50} {'GPU GB':>7} {'host GB':>8} {'NVMe GB':>8} {'tokens/s':>10}  fits?"]
-    for e in result.rows:
-        gpu = f"{e.gpu_gb:7.1f}" if e.gpu_gb is not None else f"{'-':>7}"
-        lines.append(f"{e.strategy.label():<50} {gpu} {e.host_gb:8.1f} {e.nvme_gb:8.1f} {e.tokens_per_s:10,.0f}  "
-                     + ("yes" if e.fits else f"no ({e.short_of})"))
-    lines.append("")
-    if result.pick is None:
-        lines.append("nothing fits: add host memory, an NVMe drive (--nvme), GPUs, or take a smaller preset or "
-                     "micro-batch")
-    else:
-        lines += [f"pick: {result.pick.strategy.label()}, about {result.pick.tokens_per_s:,.0f} tokens/s", "",
-                  strategy_yaml(result.pick.strategy).rstrip()]
-    return "\n".join(lines)
-
-
-def presets_table(vocab: int, seq_len: int) -> str:
-    from solo.train.presets import PRESETS
-
-    lines = [f"{'preset':<8} {'parameters':>12} {'GFLOPs/token':>13}   (vocab {vocab:,}, seq_len {seq_len:,})"]
-    for name in PRESETS:
-        m = ModelShape.preset(name, vocab, seq_len)
-        lines.append(f"{name:<8} {m.parameters / 1e6:>11,.1f}M {m.flops_per_token / 1e9:>13.3f}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- strategy: auto
-
-
-def detect_hardware(config: TrainConfig) -> Hardware:
-    """This machine as the training run will use it: the first CUDA device's memory and name when the run
-    trains on GPUs (one worker each), else `workers` one-core CPU workers; the host's total memory."""
-    from solo.train.loop import PEAK_TFLOPS, use_cuda
-
-    host_gb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB  # total, as /proc/meminfo's MemTotal
-    if not use_cuda(config):
-        return Hardware(gpu_mem_gb=None, host_mem_gb=host_gb, gpus=config.workers)
-    import torch
-
-    props = torch.cuda.get_device_properties(0)
-    # A GPU we have no peak for is planned as the slowest we know: the ranking, not the figure, is what counts.
-    kind = next((k for k in PEAK_TFLOPS if k in props.name), min(PEAK_TFLOPS, key=PEAK_TFLOPS.get))
-    return Hardware(gpu_mem_gb=props.total_memory / GB, host_mem_gb=host_gb, gpus=config.workers, gpu=kind,
-                    host_cores=os.cpu_count() or HOST_CORES)
-
-
-def as_config(s: Strategy) -> tuple[str, StrategyConfig]:
-    """The engine and StrategyConfig a planned strategy is; a ValueError where this build's config cannot say it."""
-    from solo.train.config import StrategyConfig
-
-    if s.engine == "stream":
-        return "stream", StrategyConfig(zero_stage=0, offload_optimizer="none", offload_params="none",
-                                        activation_checkpointing=True, precision=s.precision)
-    return "deepspeed", StrategyConfig(zero_stage=s.zero_stage, offload_optimizer=s.offload_optimizer,
-                                       offload_params=s.offload_params,
-                                       activation_checkpointing=s.activation_checkpointing, precision=s.precision)
-
-
-def resolve_auto_strategy(job: TrainJob, quiet: bool = False) -> tuple[TrainJob, dict]:
-    """`strategy: auto` → the planner's pick for this machine, printed, and what to record in the stage's
-    metrics; any other strategy is returned as it is, with nothing to record."""
-    from solo.train.config import StrategyConfig
-    from solo.train.loop import use_cuda
-
-    config = job.config
-    if config.strategy != "auto":
-        return job, {}
-    precision = "bf16" if use_cuda(config) else "fp32"
-    if config.trains_adapters():
-        # The planner models full-weight training; LoRA/QLoRA train at ZeRO-0 whatever the strategy says.
-        chosen = StrategyConfig(zero_stage=0, offload_optimizer="none", offload_params="none", precision=precision)
-        record = {"strategy": f"auto: ZeRO-0 · {precision} (adapters: the planner covers full-weight training only)"}
-        if not quiet:
-            print(f"strategy: {record['strategy']}", flush=True)
-        return dataclasses.replace(job, config=config.model_copy(update={"strategy": chosen})), record
-
-    model, seq_len = _job_model(job)
-    hardware = detect_hardware(config)
-    accumulation = config.global_batch // (config.micro_batch * config.workers)
-
-    has_engines = "engine" in type(config).model_fields
-    chosen_engine = config.engine if has_engines and "engine" in config.model_fields_set else None
-
-    def allowed(s: Strategy) -> bool:
-        try:
-            as_config(s)  # NVMe needs an nvme_path, which no machine detection can pick
-        except ValueError:
-            return False
-        if chosen_engine is not None:  # an engine the config names is kept; auto picks the strategy for it
-            return s.engine == chosen_engine
-        return s.engine == "deepspeed" or has_engines
-
-    result = plan(model, hardware, seq_len, config.micro_batch, accumulation, allowed)
-    if result.pick is None:
-        need = min(result.rows, key=lambda e: (e.gpu_gb or 0, e.host_gb))
-        raise SoloError(f"strategy: auto found nothing that fits {model.name} at micro-batch {config.micro_batch} "
-                        f"on this machine (host {hardware.host_mem_gb:.1f} GB"
-                        + (f", GPU {hardware.gpu_mem_gb:.1f} GB" if hardware.gpu_mem_gb else "")
-                        + f"); the smallest, {need.strategy.label()}, needs "
-                        + (f"{need.gpu_gb:.1f} GB GPU and " if need.gpu_gb is not None else "")
-                        + f"{need.host_gb:.1f} GB host: see `solo plan`")
-    engine, chosen = as_config(result.pick.strategy)
-    update: dict = {"strategy": chosen}
-    if has_engines:
-        update["engine"] = engine
-    record = {"strategy": f"auto: {result.pick.strategy.label()}",
-              "planned_host_gb": round(result.pick.host_gb, 3),
-              "planned_tokens_per_s": round(result.pick.tokens_per_s, 1)}
-    if result.pick.gpu_gb is not None:
-        record["planned_gpu_gb"] = round(result.pick.gpu_gb, 3)
-    if not quiet:
-        print(f"strategy: {record['strategy']} (planned: "
-              + (f"{result.pick.gpu_gb:.1f} GB GPU, " if result.pick.gpu_gb is not None else "")
-              + f"{result.pick.host_gb:.1f} GB host, {result.pick.tokens_per_s:,.0f} tokens/s; `solo plan` shows "
-              f"the others)", flush=True)
-    return dataclasses.replace(job, config=config.model_copy(update=update)), record
-
-
-def _job_model(job: TrainJob) -> tuple[ModelShape, int]:
-    """The shape a training job will build: the model it starts from, else its preset at the tokenizer's
-    vocabulary; and the token rows' length."""
-    import json
-    from pathlib import Path
-
-    seq_len = json.loads((Path(job.train_dir) / "index.json").read_text())["seq_len"]
-    if job.init_model_dir:
-        from transformers import LlamaConfig
-
-        return ModelShape.of(Path(job.init_model_dir).name, LlamaConfig.from_pretrained(job.init_model_dir),
-                             seq_len), seq_len
-    from solo.tokens.tokenizer import load
-
-    return ModelShape.preset(job.config.model, len(load(job.tokenizer_dir)), seq_len), seq_len

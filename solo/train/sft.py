@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from solo.data import corpus
-from solo.train.chat_formats import Conversation, SkipCounts, read_conversations
 from solo.errors import SoloError
-from solo.tokens.tokenizer import render_chat
 from solo.tokens.shards import IGNORE, ShardWriter, is_validation, token_dtype
+from solo.tokens.tokenizer import render_chat
+from solo.train.chat_formats import Conversation, SkipCounts, read_conversations
 
 if TYPE_CHECKING:
     from solo.train.config import FinetuneConfig

@@ -37,7 +37,6 @@ other way, a DeepSpeed run from a stream checkpoint, is refused (`solo.train.che
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +44,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from solo.train.config import TrainConfig
 from solo.errors import SoloError
+from solo.train.config import TrainConfig
+from solo.train.stream_adam import OverlappedAdam
+from solo.train.stream_transfers import DeviceStreams, GradientReturn, Unit, WeightStream
 
 MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's file name for a checkpoint's whole module
 OPTIMIZER_STATES = "stream_optim_states.pt"  # what marks a stream checkpoint: Adam's moments, unsharded
@@ -65,40 +68,6 @@ def is_stream_checkpoint(folder: Path) -> bool:
     return latest.exists() and (folder / latest.read_text().strip() / OPTIMIZER_STATES).exists()
 
 
-class DeviceStreams:
-    """The compute, copy-in and copy-out streams. On CUDA they are real streams, so layer i+1's weights
-    and layer i's gradients travel while layer i computes; on the host they are torch.cpu's no-op
-    stand-ins, and the same code runs in order."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.backend = torch.get_device_module(device)  # torch.cuda or torch.cpu
-        self.compute = self.backend.current_stream(device)
-        self.copy_in = self.backend.Stream(device) if self.cuda else self.backend.Stream()
-        self.copy_out = self.backend.Stream(device) if self.cuda else self.backend.Stream()
-        # On the host the "device copy" of a tensor is the tensor itself: nothing is copied, while the slots,
-        # events and deferred gradient adds run as on a GPU.
-        self.host_is_device = not self.cuda
-
-    def event(self, stream):
-        event = self.backend.Event()
-        event.record(stream)
-        return event
-
-    def use(self, stream):
-        return self.backend.stream(stream)
-
-    def pinned(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Page-locked host memory where a device copy from or to it must be asynchronous."""
-        return tensor.pin_memory() if self.cuda else tensor
-
-    def keep_for(self, tensor: torch.Tensor, stream) -> None:
-        """Tell the caching allocator that `stream` still reads `tensor`, allocated on another stream."""
-        if self.cuda:
-            tensor.record_stream(stream)
-
-
 class _Head(nn.Module):
     """The final norm and the (tied) output projection, called as one unit; the stock modules, not copies."""
 
@@ -108,215 +77,6 @@ class _Head(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden))
-
-
-@dataclass
-class Unit:
-    """What goes to the device at once: the embedding, one decoder layer, or the head."""
-
-    module: nn.Module
-    params: list[tuple[str, nn.Parameter]]  # names inside `module` → host master parameters
-
-    @classmethod
-    def of(cls, module: nn.Module) -> "Unit":
-        return cls(module, list(module.named_parameters()))
-
-    def numel(self) -> int:
-        return sum(p.numel() for _, p in self.params)
-
-
-@dataclass(frozen=True)
-class AdamSettings:
-    """One optimizer step's settings, taken when the step starts: the loop sets the next step's learning
-    rate on the param group while this step's last units may still be updating."""
-
-    lr: float
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
-    bias_correction: bool
-    grad_divisor: float  # the global clipping factor, 1 when the norm is within the limit
-
-
-class OverlappedAdam:
-    """DeepSpeed's CPU Adam (AdamW) stepping the host master weights a unit at a time, in forward order,
-    on one background thread, so the next step's forward can compute its first units while the last ones
-    still update (`WeightStream` waits for a unit's update before fetching it).
-
-    Each parameter gets what DeepSpeedCPUAdam.step() gives it (the same `adam_update` kernel, state and
-    step count), so the weights are bit for bit those of one `step()` over the whole model, and the
-    optimizer keeps its single param group and its state_dict (checkpoints are unchanged). A tied weight
-    is updated with the first unit that uses it (the embedding). DeepSpeed's binding of `adam_update`
-    holds the GIL while it runs, so a parameter goes through it in slices of CHUNK elements: the training
-    thread, wanting the GIL back to issue its next operation, waits for one slice, not a whole embedding.
-    An error on the thread is raised in the training thread by whatever waits for that unit or a later one.
-    """
-
-    # A multiple of every SIMD width × unroll the kernel uses (at most 512 floats), so each element takes
-    # the vector or scalar path it would take in one call over the whole tensor: the same bits. ~4 M
-    # elements is a few milliseconds of a server CPU.
-    CHUNK = 1 << 22
-
-    def __init__(self, optimizer, units: list[Unit]):
-        self.optimizer = optimizer
-        self.position = {id(unit): k for k, unit in enumerate(units)}
-        self.owned: list[list[nn.Parameter]] = []
-        seen: set[int] = set()
-        for unit in units:
-            self.owned.append([p for _, p in unit.params if id(p) not in seen])
-            seen.update(id(p) for p in self.owned[-1])
-        if seen != {id(p) for p in optimizer.param_groups[0]["params"]}:
-            raise RuntimeError("the streamed units must hold exactly the parameters the optimizer steps")
-        self.pending: list[Future] = []  # one per unit, in forward order, while a step is in flight
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="solo-stream-adam")
-
-    def start(self, grad_divisor: float) -> None:
-        """Steps every unit on the background thread with the param group's current settings."""
-        self.finish()
-        group = self.optimizer.param_groups[0]
-        settings = AdamSettings(lr=group["lr"], betas=tuple(group["betas"]), eps=group["eps"],
-                                weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
-                                grad_divisor=grad_divisor)
-        self.pending = [Future() for _ in self.owned]
-        self.worker.submit(self._run, settings, self.pending)
-
-    def done(self, unit: Unit) -> bool:
-        return not self.pending or self.pending[self.position[id(unit)]].done()
-
-    def wait(self, unit: Unit) -> None:
-        """Returns once `unit`'s weights are updated (and those of every unit before it)."""
-        if self.pending:
-            self.pending[self.position[id(unit)]].result()
-
-    def finish(self) -> None:
-        for future in self.pending:
-            future.result()  # an update's error stays pending, so every later wait raises it again
-        self.pending = []
-
-    def _run(self, settings: AdamSettings, futures: list[Future]) -> None:
-        for k, future in enumerate(futures):
-            try:
-                self._update_unit(k, settings)
-            except BaseException as error:
-                error.add_note(f"in solo.train.stream's background optimizer step, unit {k} "
-                               "(0 is the embedding, then the decoder layers, then the head)")
-                for unfinished in futures[k:]:  # the later units are not updated either
-                    unfinished.set_exception(error)
-                return
-            future.set_result(None)
-
-    @torch.no_grad()
-    def _update_unit(self, k: int, settings: AdamSettings) -> None:
-        adam = self.optimizer
-        for param in self.owned[k]:
-            if settings.grad_divisor != 1:
-                param.grad.div_(settings.grad_divisor)
-            state = adam.state[param]
-            if not state:
-                state.update(step=0, exp_avg=torch.zeros_like(param.data, dtype=torch.float32),
-                             exp_avg_sq=torch.zeros_like(param.data, dtype=torch.float32))
-            state["step"] += 1
-            # view(-1) refuses a non-contiguous tensor, which adam_update would silently update in a copy.
-            flat = [t.view(-1) for t in (param.data, param.grad, state["exp_avg"], state["exp_avg_sq"])]
-            for start in range(0, param.numel(), self.CHUNK):
-                adam.ds_opt_adam.adam_update(
-                    adam.opt_id, state["step"], settings.lr, *settings.betas, settings.eps, settings.weight_decay,
-                    settings.bias_correction, *(t[start:start + self.CHUNK] for t in flat))
-            param.grad.zero_()
-
-
-class WeightStream:
-    """Device copies of units' weights in two slots: while the caller computes with one unit, the next
-    unit's weights are copied into the other slot on the copy-in stream. A unit is fetched only once the
-    optimizer step in flight has updated it."""
-
-    def __init__(self, streams: DeviceStreams, slot_numel: int, compute_dtype: torch.dtype,
-                 updates: OverlappedAdam):
-        self.streams, self.compute_dtype, self.updates = streams, compute_dtype, updates
-        self.slots = [torch.empty(0 if streams.host_is_device else slot_numel, dtype=torch.float32,
-                                  device=streams.device) for _ in range(2)]
-        self.slot_free: list = [None, None]  # an event on the compute stream once the slot's last unit is done
-
-    def _fetch(self, unit: Unit, slot: int):
-        s = self.streams
-        if self.slot_free[slot] is not None:
-            s.copy_in.wait_event(self.slot_free[slot])
-        views, offset = {}, 0
-        with s.use(s.copy_in):
-            for name, param in unit.params:
-                if s.host_is_device:
-                    views[name] = param.detach()
-                    continue
-                view = self.slots[slot][offset:offset + param.numel()].view(param.shape)
-                view.copy_(param.detach(), non_blocking=True)
-                views[name] = view
-                offset += param.numel()
-            return views, s.event(s.copy_in)
-
-    def stream(self, units: list[Unit]):
-        """Yields (unit, its weights on the device in the compute dtype), the next unit's copy in flight;
-        whatever the caller runs on a unit must be enqueued before it asks for the next one."""
-        if not units:
-            return
-        self.updates.wait(units[0])
-        pending = self._fetch(units[0], 0)
-        for k, unit in enumerate(units):
-            views, ready = pending
-            upcoming = units[k + 1] if k + 1 < len(units) else None
-            if upcoming is not None and self.updates.done(upcoming):
-                pending, upcoming = self._fetch(upcoming, (k + 1) % 2), None
-            # else the next unit is fetched once this one's work is enqueued: waiting for its update here
-            # would hold back this unit's compute too.
-            self.streams.compute.wait_event(ready)
-            yield unit, {name: view.to(self.compute_dtype) for name, view in views.items()}
-            self.slot_free[k % 2] = self.streams.event(self.streams.compute)
-            if upcoming is not None:
-                self.updates.wait(upcoming)
-                pending = self._fetch(upcoming, (k + 1) % 2)
-
-
-class GradientReturn:
-    """Each unit's gradients copied back to host on the copy-out stream into one of two pinned staging
-    slots, then added into the host's fp32 gradients once the copy landed (deferred to when the slot is
-    needed again, so the copy overlaps the next unit's backward)."""
-
-    def __init__(self, streams: DeviceStreams, slot_numel: int, dtype: torch.dtype):
-        self.streams = streams
-        self.staging = [streams.pinned(torch.empty(0 if streams.host_is_device else slot_numel, dtype=dtype))
-                        for _ in range(2)]
-        self.in_flight: list = [None, None]
-        self.next_slot = 0
-
-    def send(self, params: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
-        s, slot = self.streams, self.next_slot
-        self.next_slot ^= 1
-        self._land(slot)
-        s.copy_out.wait_event(s.event(s.compute))
-        pairs, offset = [], 0
-        with s.use(s.copy_out):
-            for param, grad in zip(params, grads):
-                if s.host_is_device:
-                    pairs.append((param, grad))
-                    continue
-                view = self.staging[slot][offset:offset + grad.numel()].view(grad.shape)
-                view.copy_(grad, non_blocking=True)
-                s.keep_for(grad, s.copy_out)
-                pairs.append((param, view))
-                offset += grad.numel()
-            self.in_flight[slot] = (s.event(s.copy_out), pairs)
-
-    def _land(self, slot: int) -> None:
-        if self.in_flight[slot] is None:
-            return
-        landed, pairs = self.in_flight[slot]
-        landed.synchronize()
-        for param, staged in pairs:
-            param.grad.add_(staged)  # a tied weight gets both of its units' gradients
-        self.in_flight[slot] = None
-
-    def flush(self) -> None:
-        for slot in (self.next_slot, self.next_slot ^ 1):  # oldest first
-            self._land(slot)
 
 
 @dataclass
@@ -408,9 +168,6 @@ class StreamEngine:
         self._model.eval()
 
     def __call__(self, input_ids, labels=None, position_ids=None, attention_mask=None, use_cache=False):
-        from transformers.masking_utils import create_causal_mask
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
         training = self.training and torch.is_grad_enabled()
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)

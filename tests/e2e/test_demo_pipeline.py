@@ -61,8 +61,8 @@ def first_run(cluster):
     return out
 
 
-def manifest(cluster, folder):
-    return json.loads((cluster["home"] / "runs" / "demo" / folder / "manifest.json").read_text())
+def manifest(cluster, stage):
+    return json.loads((cluster["home"] / "runs" / "demo" / stage / "manifest.json").read_text())
 
 
 def test_solo_submit_runs_the_pipeline_to_the_end(cluster, first_run):
@@ -70,10 +70,10 @@ def test_solo_submit_runs_the_pipeline_to_the_end(cluster, first_run):
     assert submission_id.startswith("raysubmit_")
     for stage in STAGES:
         assert f"✓ {stage.name}" in first_run
-        assert manifest(cluster, stage.folder)["status"] == "complete"
+        assert manifest(cluster, stage.name)["status"] == "complete"
     pretrain = manifest(cluster, "pretrain")
     assert pretrain["metrics"]["step"] == 6 and pretrain["metrics"]["loss"] < 8.5
-    evaluation = manifest(cluster, "eval")["metrics"]
+    evaluation = manifest(cluster, "evaluate")["metrics"]
     assert 0 < evaluation["pretrain_bits_per_byte"] < 8  # better than a uniform guess over bytes
     # The benchmark files are found from inside the job (which runs from Ray's copy of the repo).
     assert 0 <= evaluation["mmlu_accuracy"] <= 1 and 0 <= evaluation["arc_challenge_accuracy"] <= 1
@@ -119,12 +119,12 @@ def test_a_changed_setting_reruns_that_stage_and_those_after_it(cluster, first_r
     changed = [o for o in SMALLEST if not o.startswith("finetune.max_steps")] + [
         "finetune.max_steps=2", "finetune.method=qlora"]
     out = run([BIN / "solo", "submit", "pipeline", "--config", CONFIG, *sets(changed), "--wait"], cluster["env"])
-    for stage in ("prepare_data", "tokenizer", "tokenize", "pretrain"):
+    for stage in ("data", "tokenizer", "tokenize", "pretrain"):
         assert f"↷ {stage}: up to date" in out
     for stage in ("finetune", "evaluate", "export"):
         assert f"✓ {stage}" in out
     assert manifest(cluster, "pretrain")["finished_at"] == before
-    metrics = manifest(cluster, "sft")["metrics"]
+    metrics = manifest(cluster, "finetune")["metrics"]
     assert metrics["step"] == 2 and metrics["host_peak_gb"] > 0
     assert (cluster["home"] / "adapters" / metrics["adapter"] / "adapter_config.json").is_file()
 

@@ -52,9 +52,9 @@ def rows(folder: Path) -> list[tuple]:
 
 
 def test_dedup_decontam_mixing_and_resume_after_a_kill(ray_local, config, tmp_path, monkeypatch):
-    # The whole run through the pipeline, stopped after its first stage (`jobs.pipeline --until prepare_data`).
+    # The whole run through the pipeline, stopped after its first stage (`jobs.pipeline --until data`).
     run = RunStore(tmp_path / "run")
-    assert list(run_pipeline(PipelineConfig(data=config), run, until="prepare_data")) == ["prepare_data"]
+    assert list(run_pipeline(PipelineConfig(data=config), run, until="data")) == ["data"]
     assert not run.stage_dir("tokenizer").exists() and not run.stage_dir("tokenizer.partial").exists()
     whole = run.stage_dir("data")
     dropped = {r["id"]: r for r in pq.read_table(whole / "dropped").to_pylist()}

@@ -35,7 +35,7 @@ def launch(env: dict, processes: int) -> subprocess.Popen:
 
 def test_a_stopped_launch_resumes_from_the_folder_checkpoint_on_another_process_count(tiny_tokens, tmp_path):
     run = tmp_path / "runs" / "launch"
-    for stage in ("tokenizer", "tokens"):
+    for stage in ("tokenizer", "tokenize"):
         shutil.copytree(tiny_tokens / stage, run / stage)
     env = {**os.environ, "SOLO_HOME": str(tmp_path), "DS_ACCELERATOR": "cpu"}
     env.pop("RAY_ADDRESS", None)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def test_zero3_trains_with_params_and_optimizer_state_on_nvme(tiny_tokens, tmp_path):
     run = tmp_path / "runs" / "nvme"
-    for stage in ("tokenizer", "tokens"):
+    for stage in ("tokenizer", "tokenize"):
         shutil.copytree(tiny_tokens / stage, run / stage)
     swap = tmp_path / "nvme"
     swap.mkdir()

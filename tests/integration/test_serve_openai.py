@@ -76,7 +76,7 @@ def test_each_cpu_model_runs_in_an_engine_process_of_its_own_at_the_default_prio
     import psutil
 
     engines = [p for p in psutil.process_iter(["cmdline"])
-               if "solo.serving.engine_process" in (p.info["cmdline"] or []) and any(
+               if "solo.serving.engine_child" in (p.info["cmdline"] or []) and any(
                    str(tiny_model_dir) in arg or arg.endswith(TWIN) for arg in p.info["cmdline"])]
     assert len(engines) == 2, "one for each model's replica"
     assert all(" ".join(p.parent().cmdline()).startswith("ray::ServeReplica:solo:LLMServer") for p in engines)

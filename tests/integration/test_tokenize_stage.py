@@ -12,7 +12,8 @@ import pytest
 
 from solo.data import corpus
 from solo.tokens import tokenizer as tok
-from solo.tokens.shards import TokenShards, is_validation, tokenize
+from solo.tokens.shards import TokenShards, is_validation
+from solo.tokens.tokenize import tokenize
 
 pytestmark = pytest.mark.integration
 

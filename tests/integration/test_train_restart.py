@@ -58,8 +58,8 @@ def logged_steps(metrics_csv: Path) -> int:
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_tokens, tmp_path):
-    # The tokenizer and tokens stages' folders, as `jobs.pipeline --until tokenize` leaves them.
-    for stage in ("tokenizer", "tokens"):
+    # The tokenizer and tokenize stages' folders, as `jobs.pipeline --until tokenize` leaves them.
+    for stage in ("tokenizer", "tokenize"):
         shutil.copytree(tiny_tokens / stage, tmp_path / "runs" / "restart" / stage)
     env = {**os.environ, "SOLO_HOME": str(tmp_path)}
     env.pop("RAY_ADDRESS", None)

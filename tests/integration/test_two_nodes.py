@@ -33,15 +33,16 @@ def test_training_spreads_over_two_nodes_and_checkpoints_to_shared_storage(two_n
     import ray
     from ray.util.state import list_actors
 
-    from solo.train.loop import TrainJob, run_training
+    from solo.train.job import TrainJob
+    from solo.train.launch import run_training
 
     data = tiny_tokens
     config = TrainConfig(model="demo", workers=2, micro_batch=2, global_batch=4, max_steps=2, log_every=1,
                          eval_every=2, eval_batches=1, checkpoint_every=2, keep_checkpoints=2, device="cpu")
     output = tmp_path / "pretrain"
     output.mkdir()
-    metrics = run_training(TrainJob(config=config, train_dir=str(data / "tokens" / "train"),
-                                    val_dir=str(data / "tokens" / "val"), tokenizer_dir=str(data / "tokenizer"),
+    metrics = run_training(TrainJob(config=config, train_dir=str(data / "tokenize" / "train"),
+                                    val_dir=str(data / "tokenize" / "val"), tokenizer_dir=str(data / "tokenizer"),
                                     output_dir=str(output)))
     assert metrics["step"] == 2
     assert metrics["val_loss"] > 0

@@ -3,7 +3,9 @@ import json
 from pathlib import Path
 
 from solo.data.config import DataConfig, FilterConfig, InputSpec, LanguageConfig
-from solo.data.stage import clean, normalize, parse_file
+from solo.data.clean import clean
+from solo.data.normalize import normalize
+from solo.data.read import parse_file
 
 
 def test_normalize_nfc_controls_and_whitespace():

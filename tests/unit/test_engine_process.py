@@ -14,7 +14,8 @@ import pytest
 
 from solo.serving.cpu_engine import CpuEngine
 from solo.serving.engine import Delta, Engine, SamplingParams
-from solo.serving.engine_process import EngineProcess, serve_engine
+from solo.serving.engine_child import serve_engine
+from solo.serving.engine_process import EngineProcess
 from solo.tokens.tokenizer import load, stop_token_ids
 
 PROMPTS = [[5, 17, 42, 99, 7], [7, 8, 9, 10, 11, 12], [300, 2], [99] * 10]

@@ -38,15 +38,15 @@ def run(tmp_path) -> RunStore:
     (data / "report.json").write_text(json.dumps({"read": 1200, "kept": 1000, "kept_bytes": 5_000_000,
                                                   "dropped_by_reason": {"too_short": 150, "duplicate": 50},
                                                   "domains": {"web": {"documents": 1000, "bytes": 5_000_000}}}))
-    for folder, seconds in (("tokenizer", 180), ("tokens", 180)):
+    for folder, seconds in (("tokenizer", 180), ("tokenize", 180)):
         _stage(run, folder, seconds)
-    for folder, seconds, first_loss in (("pretrain", 5400, 8.0), ("sft", 1440, 3.0)):
+    for folder, seconds, first_loss in (("pretrain", 5400, 8.0), ("finetune", 1440, 3.0)):
         rows = [{"step": s, "loss": first_loss - s / 100, "lr": 1e-3, "tokens_per_s": 1000 + s, "tflops": 1.0,
                  "mfu": 0.25, "gpu_peak_gb": "", "host_peak_gb": 2.0 + s / 100, "eta_s": 0,
                  **({"val_loss": first_loss - s / 90, "val_bpb": 1.5 - s / 1000} if s % 20 == 0 else {})}
                 for s in range(10, 101, 10)]
         _curve(_stage(run, folder, seconds), rows)
-    evaluation = _stage(run, "eval", 36)
+    evaluation = _stage(run, "evaluate", 36)
     (evaluation / "metrics.json").write_text(json.dumps({"pretrain_bits_per_byte": 1.9, "pretrain_perplexity": 40.1,
                                                         "finetune_bits_per_byte": 1.8, "finetune_perplexity": 35.2}))
     for name, accuracy in (("mmlu", 0.25), ("gsm8k", 0.02)):

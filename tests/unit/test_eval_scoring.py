@@ -22,7 +22,7 @@ from test_eval_tasks import write_benchmarks  # noqa: E402  (the same small benc
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from solo.evals.bpb import load_model
+    from solo.evals.model import load_model
 
     return load_model(tiny_model_dir)
 

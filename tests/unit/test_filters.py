@@ -11,7 +11,7 @@ from solo.data import pii
 from solo.data import quality
 from solo.data.boilerplate import line_key, line_keys, remove_lines
 from solo.data.config import C4Config, DataConfig, FilterConfig, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig, InputSpec, LanguageConfig, PIIConfig
-from solo.data.stage import clean
+from solo.data.clean import clean
 from solo.data.language import language_reason
 
 WEBTEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "webtext"

@@ -11,7 +11,9 @@ import torch
 from solo.config import checkout_root, load_config
 from solo.train.config import FinetuneConfig
 from solo.runtime import worker_env
-from solo.train.loop import TrainJob, deepspeed_config, train_worker
+from solo.train.engines import deepspeed_config
+from solo.train.job import TrainJob
+from solo.train.loop import train_worker
 
 for key, value in worker_env().items():
     os.environ.setdefault(key, value)

@@ -10,7 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solo.serving.engine import Delta, Engine, SamplingParams
-from solo.serving.http.app import ServedModel, TextStream, build_gateway
+from solo.serving.detokenize import TextStream
+from solo.serving.http.app import build_gateway
+from solo.serving.http.service import ServedModel
 from solo.tokens.tokenizer import END_OF_TURN, load, render_chat, stop_token_ids
 
 MODEL = "tiny"

@@ -9,10 +9,12 @@ import pytest
 
 from solo.train import planner
 from solo.cli.main import main
+from solo.cli.plan import render, strategy_yaml
 from solo.config import ConfigError, load_config
 from solo.train.config import FinetuneConfig, StrategyConfig, TrainConfig
 from solo.train.presets import PRESETS, llama_config, parameter_count
-from solo.train.loop import TrainJob
+from solo.train.auto_strategy import resolve_auto_strategy
+from solo.train.job import TrainJob
 
 GB = 1024**3
 USABLE = 1 - planner.MEMORY_MARGIN
@@ -48,7 +50,7 @@ def test_7b_optimizer_state_fits_neither_a_24_gb_gpu_nor_64_gb_of_host_memory():
     result = plan_for("7b", gpu(24, 64))
     assert result.pick is None
     assert all(not e.fits for e in result.rows)
-    assert "nothing fits" in planner.render(result)
+    assert "nothing fits" in render(result)
 
 
 def test_7b_with_an_nvme_drive_moves_the_optimizer_state_there():
@@ -57,7 +59,7 @@ def test_7b_with_an_nvme_drive_moves_the_optimizer_state_there():
     assert pick.strategy.zero_stage == 3 and pick.strategy.offload_optimizer == "nvme"
     assert pick.nvme_gb >= 12 * params("7b") / GB
     assert pick.gpu_gb <= 24 * USABLE and pick.host_gb <= 64 * USABLE
-    assert "offload_optimizer: nvme" in planner.strategy_yaml(pick.strategy)
+    assert "offload_optimizer: nvme" in strategy_yaml(pick.strategy)
 
 
 def test_7b_with_128_gb_of_host_memory_offloads_to_it_or_streams_layers():
@@ -193,7 +195,7 @@ def test_strategy_auto_resolves_on_cpu_to_plain_fp32_data_parallelism(tmp_path, 
     # recomputation costs a third more FLOPs, and the demo model fits many times over: ZeRO-0, fp32.
     config = load_config(TrainConfig, None, ["strategy=auto", "device=cpu", "workers=1", "micro_batch=2",
                                              "global_batch=2"])
-    job, record = planner.resolve_auto_strategy(auto_job(tmp_path, tiny_model_dir, config))
+    job, record = resolve_auto_strategy(auto_job(tmp_path, tiny_model_dir, config))
     assert job.config.strategy == StrategyConfig(zero_stage=0, offload_optimizer="none", offload_params="none",
                                                  activation_checkpointing=False, precision="fp32")
     assert job.config.engine == "deepspeed"
@@ -202,12 +204,12 @@ def test_strategy_auto_resolves_on_cpu_to_plain_fp32_data_parallelism(tmp_path, 
     assert "strategy: auto: ZeRO-0 · fp32" in capsys.readouterr().out
     explicit = load_config(TrainConfig, None, ["device=cpu"])
     explicit_job = auto_job(tmp_path / "explicit", tiny_model_dir, explicit)
-    assert planner.resolve_auto_strategy(explicit_job) == (explicit_job, {})
+    assert resolve_auto_strategy(explicit_job) == (explicit_job, {})
 
 
 def test_strategy_auto_for_adapters_is_plain_data_parallelism(tmp_path, tiny_model_dir):
     config = FinetuneConfig(method="lora", strategy="auto", device="cpu", workers=1, micro_batch=2, global_batch=2)
-    job, record = planner.resolve_auto_strategy(auto_job(tmp_path, tiny_model_dir, config), quiet=True)
+    job, record = resolve_auto_strategy(auto_job(tmp_path, tiny_model_dir, config), quiet=True)
     assert job.config.strategy.zero_stage == 0 and job.config.strategy.precision == "fp32"
     assert "adapters" in record["strategy"]
 

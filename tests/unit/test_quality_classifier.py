@@ -12,7 +12,7 @@ import pytest
 
 from solo.data import classifier as quality_classifier
 from solo.data.config import DataConfig, FilterConfig, QualityClassifierConfig
-from solo.data.stage import clean
+from solo.data.clean import clean
 from solo.errors import SoloError
 
 WEBTEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "webtext"

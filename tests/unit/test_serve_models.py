@@ -16,11 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from solo.cli.main import parser, serve_config
+from solo.cli.main import parse_args
+from solo.cli.serve import serve_config
 from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.errors import SoloError
 from solo.serving import deployment as planning
-from solo.serving.http.app import ServedModel, build_gateway
+from solo.serving.http.app import build_gateway
+from solo.serving.http.service import ServedModel
 from solo.serving.deployment import deployment_options, pick_engine, plan_models, replica_cpus_needed
 from solo.runtime import free_port
 from solo.serving.run import check_resources, wait_until_healthy
@@ -72,12 +74,12 @@ def test_bad_serve_settings_are_refused(settings, message):
 
 def test_the_cli_takes_several_models(tmp_path):
     a, b = model_folder(tmp_path, "a"), model_folder(tmp_path, "b")
-    config = serve_config(parser().parse_args(["serve", "--model", str(a), "--model", str(b)]))
+    config = serve_config(parse_args(["serve", "--model", str(a), "--model", str(b)]))
     assert config.model is None and [m.path for m in config.served_models()] == [str(a), str(b)]
-    config = serve_config(parser().parse_args(["serve", "--model", str(a), "--name", "mine"]))
+    config = serve_config(parse_args(["serve", "--model", str(a), "--name", "mine"]))
     assert [(m.path, m.name) for m in config.served_models()] == [(str(a), "mine")]
     with pytest.raises(SoloError, match="--name names one model"):
-        serve_config(parser().parse_args(["serve", "--model", str(a), "--model", str(b), "--name", "x"]))
+        serve_config(parse_args(["serve", "--model", str(a), "--model", str(b), "--name", "x"]))
 
 
 # ---------------------------------------------------------------- engines
@@ -170,10 +172,8 @@ def test_deployment_options_map_replicas_autoscaling_and_gpus():
 
 
 def test_a_vllm_replica_takes_its_share_of_gpu_memory_or_a_quarter_of_ram_on_vllms_cpu_build(monkeypatch):
-    from solo.serving import vllm_engine
-
     built = {}
-    monkeypatch.setattr(vllm_engine, "VllmEngine", lambda folder, **settings: built.setdefault(folder, settings))
+    monkeypatch.setattr(planning, "VllmEngine", lambda folder, **settings: built.setdefault(folder, settings))
     planning.build_engine(planning.ModelPlan("m", "/half", "vllm", ServedModelConfig(path="/half", num_gpus=0.5)), 16)
     planning.build_engine(planning.ModelPlan("m", "/two", "vllm", ServedModelConfig(path="/two", num_gpus=2)), 16)
     planning.build_engine(planning.ModelPlan("m", "/cpu", "vllm", ServedModelConfig(path="/cpu", num_gpus=0)), 16)

@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solo.serving.engine import TokenLogprob
-from solo.serving.http.app import ServedModel, build_gateway
+from solo.serving.http.app import build_gateway
+from solo.serving.http.service import ServedModel
 from solo.serving.security import Limits, RateLimiter, digest, read_key_digests
 from solo.serving.tools import ToolCallStream
 from solo.tokens.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN

@@ -7,6 +7,7 @@ from transformers import LlamaForCausalLM
 
 from solo.data import corpus
 from solo.tokens import tokenizer as tok
+from solo.tokens import train_bpe as bpe
 from solo.train.chat_formats import SkipCounts, read_conversations
 from solo.errors import SoloError
 from solo.train.presets import llama_config
@@ -18,7 +19,7 @@ MESSAGES = [{"role": "user", "content": "What does len do?"},
 
 
 def small_tokenizer(tmp_path):
-    tok.train_bpe([d["text"] for d in corpus.documents(max_documents=40)], 600, 2).save_pretrained(str(tmp_path))
+    bpe.train_bpe([d["text"] for d in corpus.documents(max_documents=40)], 600, 2).save_pretrained(str(tmp_path))
     return tok.load(tmp_path)
 
 

@@ -24,7 +24,8 @@ from solo.config import load_config
 from solo.train.config import FinetuneConfig, TrainConfig  # noqa: E402
 from solo.errors import SoloError  # noqa: E402
 from solo.train.checkpoints import check_resumable  # noqa: E402
-from solo.train.loop import TrainJob, train_worker  # noqa: E402
+from solo.train.job import TrainJob
+from solo.train.loop import train_worker  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

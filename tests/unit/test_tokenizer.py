@@ -2,13 +2,14 @@ import pytest
 
 from solo.data import corpus
 from solo.tokens import tokenizer as tok
+from solo.tokens import train_bpe as bpe
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     texts = [d["text"] for d in corpus.documents(max_documents=80)]
     folder = tmp_path_factory.mktemp("tok")
-    tok.train_bpe(texts, vocab_size=800, min_frequency=2).save_pretrained(str(folder))
+    bpe.train_bpe(texts, vocab_size=800, min_frequency=2).save_pretrained(str(folder))
     return tok.load(folder)
 
 

@@ -7,7 +7,8 @@ from solo.config import load_config
 from solo.train.config import TrainConfig
 from solo.errors import SoloError
 from solo.train.presets import PRESETS, flops_per_token, llama_config, parameter_count
-from solo.train.loop import checkpoint_due, deepspeed_config, learning_rate
+from solo.train.engines import deepspeed_config
+from solo.train.loop import checkpoint_due, learning_rate
 
 
 def test_deepspeed_config_is_generated_from_ours():
@@ -126,7 +127,7 @@ def test_nvme_offload_needs_a_writable_folder(tmp_path, path, error):
 
 
 def test_the_launchers_process_count_must_match_workers(monkeypatch):
-    from solo.train.loop import start_launched
+    from solo.train.launch import start_launched
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SoloError, match="launcher started 2 processes but the config says workers: 1.*--set workers=2"):

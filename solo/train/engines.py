@@ -1,0 +1,148 @@
+"""What a worker trains with: the model (built from a preset, or loaded) and the engine around it,
+DeepSpeed's (ZeRO 0–3, CPU or NVMe offload, its config generated from `TrainConfig` here and never kept
+by hand) or the layer-streaming one (solo.train.stream)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.distributed as dist
+from transformers import AutoConfig, LlamaForCausalLM
+from transformers.integrations import HfDeepSpeedConfig
+
+from solo.tokens.tokenizer import load, stop_token_ids
+from solo.train import presets
+from solo.train.adapters import adapter_model
+from solo.train.config import TrainConfig
+from solo.train.job import TrainJob
+from solo.train.presets import PRESETS
+from solo.train.stream import StreamEngine
+
+
+def deepspeed_config(config: TrainConfig, workers: int) -> dict:
+    strategy = config.strategy
+    accumulation = config.global_batch // (config.micro_batch * workers)
+    zero: dict = {"stage": strategy.zero_stage}
+    if strategy.offload_optimizer != "none":
+        zero["offload_optimizer"] = offload_target(strategy.offload_optimizer, strategy.nvme_path)
+    if strategy.offload_params != "none":
+        zero["offload_param"] = offload_target(strategy.offload_params, strategy.nvme_path)
+    if strategy.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if strategy.zero_stage >= 1:
+        zero["reduce_bucket_size"] = REDUCE_BUCKET_ELEMENTS
+    optimizer_params: dict = {}
+    if config.trains_adapters():
+        # LoRA/QLoRA: plain data parallelism (ZeRO stage 0), whatever `strategy` says. ZeRO-3 would
+        # have to partition the frozen base, and a 4-bit bitsandbytes weight (uint8 plus its
+        # quantization state) cannot be split and regathered by it; what is left to shard, the
+        # adapters and their optimizer state, is a few MB, so neither sharding nor offload pays.
+        # torch's AdamW, since DeepSpeed's fused one needs CUDA and its CPU one needs offload.
+        zero = {"stage": 0}
+        optimizer_params["torch_adam"] = True
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": config.global_batch,
+        "gradient_clipping": config.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": strategy.precision == "bf16"},
+        "fp16": {"enabled": strategy.precision == "fp16"},
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": config.optim.lr, "betas": [config.optim.beta1, config.optim.beta2],
+            "weight_decay": config.optim.weight_decay, **optimizer_params}},
+        "steps_per_print": 10**9,  # our own log line replaces DeepSpeed's
+        "wall_clock_breakdown": False,
+        **({"aio": NVME_AIO} if "nvme" in (strategy.offload_optimizer, strategy.offload_params) else {}),
+    }
+
+
+# Gradients are reduced through a bucket of this many elements (DeepSpeed's `reduce_bucket_size`; its default,
+# 5e8, is sized for GPU clusters). The bucket lives where the gradients are computed and fills up to it, or to the
+# whole model when smaller, and ZeRO-3's reduce-scatter copies it (on the CPU twice), so at 5e8 a 125M model held
+# its gradients three more times in host memory (0.9 GB measured, benchmarks/results/planner_vs_measured.md).
+# 16M elements still moves tens of MB per collective, where NCCL and gloo run at full bandwidth. The planner
+# counts this bucket (solo.train.planner.reduce_bucket_bytes).
+REDUCE_BUCKET_ELEMENTS = 2**24
+
+
+# libaio settings for NVMe offload: DeepSpeed's defaults (1 MiB blocks, 8 requests in flight per thread).
+NVME_AIO = {"block_size": 1048576, "queue_depth": 8, "intra_op_parallelism": 1, "single_submit": False,
+            "overlap_events": True}
+
+
+def offload_target(device: str, nvme_path: str | None) -> dict:
+    """DeepSpeed's `offload_optimizer`/`offload_param` section; with nvme, tensors are swapped to files
+    under `nvme_path` (DeepSpeed adds zero_stage_3/<what>/rank<N>/ below it)."""
+    target: dict = {"device": device, "pin_memory": False}
+    if device == "nvme":
+        target["nvme_path"] = str(Path(nvme_path).expanduser().resolve())
+    return target
+
+
+def param_swap_buffer_elements(job: TrainJob) -> int:
+    """Elements of one NVMe swap buffer for parameters: the largest weight's (the embedding's or an MLP
+    projection's) partition on one worker, which DeepSpeed swaps whole through one buffer. Its default,
+    1e8, is too small for a 7B embedding on one GPU, and pins 2 GB of host memory for a small model."""
+    if job.init_model_dir:
+        shape = AutoConfig.from_pretrained(job.init_model_dir)
+        vocab, hidden, intermediate = shape.vocab_size, shape.hidden_size, shape.intermediate_size
+    else:
+
+        preset = PRESETS[job.config.model]
+        vocab, hidden, intermediate = len(load(job.tokenizer_dir)), preset.hidden, preset.intermediate
+    return -(-max(vocab, intermediate) * hidden // dist.get_world_size())
+
+
+def build_model(job: TrainJob, ds_config: dict | None, device):
+    """The model, created (or loaded) straight into ZeRO-3 partitions when stage 3 is on (no ds_config:
+    whole, for the stream engine).
+
+    Returns the model and the `HfDeepSpeedConfig` that must stay alive while it trains:
+    transformers holds it weakly, and it is what tells transformers that ZeRO-3 is on.
+    """
+    if ds_config and ds_config["zero_optimization"].get("offload_param", {}).get("device") == "nvme":
+        ds_config["zero_optimization"]["offload_param"]["buffer_size"] = param_swap_buffer_elements(job)
+    zero3 = HfDeepSpeedConfig(ds_config) if ds_config and ds_config["zero_optimization"]["stage"] == 3 else None
+    if job.config.trains_adapters():
+
+        return adapter_model(job.init_model_dir, job.config, device), zero3
+    if job.init_model_dir:
+        return LlamaForCausalLM.from_pretrained(job.init_model_dir, dtype="float32"), zero3
+    tokenizer = load(job.tokenizer_dir)
+    seq_len = json.loads((Path(job.train_dir) / "index.json").read_text())["seq_len"]
+    # No pad id in the model: padded positions carry label -100, and an embedding padding_idx
+    # would have transformers zero a row that ZeRO-3 has already partitioned away.
+    llama = presets.llama_config(job.config.model, vocab_size=len(tokenizer), seq_len=seq_len,
+                                 eos_token_id=stop_token_ids(tokenizer))
+    return LlamaForCausalLM._from_config(llama), zero3
+
+
+def make_engine(job: TrainJob, workers: int, device, load_universal: bool = False):
+    """The engine `engine:` names, both driven alike by train_worker: DeepSpeed's (ZeRO, offload) or the
+    layer-streaming one (solo.train.stream). Returns the engine, the optimizer whose param_groups take the
+    LR, the micro-batches per step, and what must stay alive while it trains. `load_universal`: the
+    checkpoint to resume is DeepSpeed's universal one (written by another worker count)."""
+    import deepspeed
+
+    config = job.config
+    ds_config = deepspeed_config(config, workers)
+    if load_universal:
+        ds_config["checkpoint"] = {"load_universal": True}
+    accumulation = ds_config["gradient_accumulation_steps"]
+    if config.engine == "stream":
+
+        model, _ = build_model(job, None, device)
+        model.train()
+        engine = StreamEngine(model, config, device, accumulation)
+        return engine, engine.optimizer, accumulation, None
+    model, zero3_alive = build_model(job, ds_config, device)
+    # from_pretrained hands back a model in eval mode, where transformers skips activation
+    # checkpointing and dropout (LoRA's included) is off.
+    model.train()
+    if config.strategy.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    return engine, optimizer, accumulation, zero3_alive

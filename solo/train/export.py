@@ -1,0 +1,48 @@
+"""A trained model out of the engine: a Hugging Face folder with its tokenizer, or LoRA adapters in peft's
+format (and the model with them merged)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import GenerationConfig
+
+from solo.tokens.tokenizer import load, stop_token_ids
+from solo.train.adapters import merge_into_base
+from solo.train.job import TrainJob
+
+
+def export_model(engine, job: TrainJob, rank: int) -> None:
+    """Consolidate the (possibly sharded) weights into a Hugging Face folder on rank 0; for LoRA/QLoRA,
+    the adapters in peft's format under adapter/ and, with `merge`, the merged model under model/."""
+    if job.config.trains_adapters():
+        if rank == 0:
+            export_adapters(engine, job)
+        return
+    if job.config.engine == "deepspeed" and job.config.strategy.zero_stage == 3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers on every rank, returns on rank 0
+    else:
+        state_dict = engine.module.state_dict()
+    if rank != 0:
+        return
+    target = Path(job.output_dir) / "model"
+    engine.module.save_pretrained(str(target), state_dict=state_dict, safe_serialization=True)
+    save_tokenizer(job, target)
+
+
+def save_tokenizer(job: TrainJob, target: Path) -> None:
+    """The tokenizer (with its chat template) and the stop tokens beside the weights, as serving wants them."""
+    tokenizer = load(job.tokenizer_dir)
+    tokenizer.save_pretrained(str(target))
+    GenerationConfig(eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                     max_new_tokens=256).save_pretrained(str(target))
+
+
+def export_adapters(engine, job: TrainJob) -> None:
+    output = Path(job.output_dir)
+    # peft's own format: adapter_config.json (naming the base) and adapter_model.safetensors.
+    engine.module.save_pretrained(str(output / "adapter"))
+    save_tokenizer(job, output / "adapter")
+    if job.config.merge:
+        merge_into_base(job.init_model_dir, output / "adapter", output / "model")
+        save_tokenizer(job, output / "model")
