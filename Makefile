@@ -1,6 +1,6 @@
 # The two commands of the README, and the install both run first.
 #   make demo   train the demo model from this Python's own docs, serve it, ask it a question
-#   make test   the test suite (what CI runs)
+#   make test   the linter, then the test suite (what CI runs)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -33,6 +33,7 @@ ops: install
 # meanwhile at the lowest CPU priority on the cores the tests leave idle (minutes off CI's wall
 # clock); were that test to come first, it waits on DeepSpeed's build lock.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -c "from solo.runtime import build_deepspeed_ops; build_deepspeed_ops(nvme=False)"
 	@nice -n 19 $(BIN)/python -c "from solo.runtime import build_deepspeed_ops; build_deepspeed_ops(training=False)" \
 		> $(VENV)/async-io-build.log 2>&1 & build=$$!; trap 'kill $$build 2>/dev/null' EXIT; \

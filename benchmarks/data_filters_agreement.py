@@ -24,7 +24,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.record import Conditions, DATA as SHARED_DATA, RESULTS, ran_on, record
+from benchmarks.record import DATA as SHARED_DATA
+from benchmarks.record import RESULTS, Conditions, ran_on, record
 from solo.data import quality
 from solo.data.config import DataConfig, FilterConfig, InputSpec
 
@@ -40,13 +41,18 @@ def documents() -> list[tuple[str, str]]:
         docs += [(f"cc:{i}", json.loads(line)["text"]) for i, line in enumerate(f)]
     with open(DATA / "c4_en_train_first1000.jsonl") as f:
         docs += [(f"c4:{i}", json.loads(line)["text"]) for i, line in enumerate(f)]
-    docs += [(f"fineweb:{i}", row["text"]) for i, row in enumerate(json.loads((DATA / "fineweb_first300.json").read_text()))]
+    docs += [(f"fineweb:{i}", row["text"])
+             for i, row in enumerate(json.loads((DATA / "fineweb_first300.json").read_text()))]
     return [(name, text) for name, text in docs if text.strip()]
 
 
 def datatrove_filters() -> dict:
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     # FineWeb's settings: datatrove's defaults, and C4 without its terminal-punctuation rule.
     return {"gopher_repetition": GopherRepetitionFilter(), "gopher_quality": GopherQualityFilter(),
@@ -77,7 +83,8 @@ def agreement(docs: list[tuple[str, str]]) -> dict:
             their, our = theirs(filters[family], name, text), ours(family, text, f)
             if bool(their) != bool(our):
                 differences.append({"document": name, "datatrove": their or "keep", "solo": our or "keep",
-                                    "datatrove_words": len(split_into_words(text)), "solo_words": len(quality.words(text)),
+                                    "datatrove_words": len(split_into_words(text)),
+                                    "solo_words": len(quality.words(text)),
                                     "text": text[:160]})
         result[family] = {"documents": len(docs), "agree": len(docs) - len(differences),
                           "agreement": round(1 - len(differences) / len(docs), 4), "differences": differences}

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.record import Conditions, DATA as SHARED_DATA, ran_on, record
+from benchmarks.record import DATA as SHARED_DATA
+from benchmarks.record import Conditions, ran_on, record
 from solo.config import REPO_ROOT
 
 DATA = SHARED_DATA / "webtext"
@@ -127,7 +128,8 @@ def markdown(r: dict) -> str:
     for name, run in r["runs"].items():
         lines.append(f"| {name} | {run['documents']:,} | {run['input_mb']} | {run['kept']:,} | {run['seconds']} | "
                      f"{run['peak_tree_mb']:,} | {run['peak_driver_mb']:,} |")
-    lines += ["", f"Ten times the corpus: peak RSS ×{r['peak_tree_ratio']} over all processes, ×{r['peak_driver_ratio']} "
+    lines += ["",
+              f"Ten times the corpus: peak RSS ×{r['peak_tree_ratio']} over all processes, ×{r['peak_driver_ratio']} "
               "for the driver (goal: no growth with the corpus; ×10 would be memory proportional to it).", "",
               "The copies are exact duplicates of the first corpus (hence the same `kept`). The cleaning, the "
               "boilerplate count (a Ray Data groupby) and the report stream; the dedup keeps small per-document keys "

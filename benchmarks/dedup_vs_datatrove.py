@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.record import Conditions, DATA, ran_on, record
+from benchmarks.record import DATA, Conditions, ran_on, record
 from solo.config import default_config_path, load_config
 from solo.data.config import DataConfig, DedupConfig
 from solo.data.neardedup import jaccard, near_duplicates_in_memory, shingles
@@ -151,8 +151,13 @@ def run_solo(corpus: Path, work: Path, dedup: list[str] = ()) -> tuple[float, li
 
 def run_datatrove(corpus: Path, work: Path) -> tuple[float, list[list[str]]]:
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 

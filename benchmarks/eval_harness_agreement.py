@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from benchmarks.record import record
-from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
+from solo.evals.config import EvalConfig
+
 
 def write(result: dict, lines: list[str]) -> None:
     record("eval_harness_agreement", result, "\n".join(lines))
@@ -28,16 +29,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path)
     parser.add_argument("--subjects", type=int, default=6, help="the first N MMLU subjects")
-    parser.add_argument("--limit", type=int, default=40, help="questions per subject (the first N, as lm-eval's --limit)")
+    parser.add_argument("--limit", type=int, default=40,
+                        help="questions per subject (the first N, as lm-eval's --limit)")
     parser.add_argument("--shots", type=int, default=5)
     args = parser.parse_args()
     if importlib.util.find_spec("lm_eval") is None:
         write({"benchmark": "eval_harness_agreement", "skipped": "lm-eval is not installed"},
-              ["# solo vs lm-evaluation-harness on MMLU", "", "Not run: lm-eval is not installed (`pip install -e '.[eval]'`)."])
+              ["# solo vs lm-evaluation-harness on MMLU", "",
+               "Not run: lm-eval is not installed (`pip install -e '.[eval]'`)."])
         return
     from importlib.metadata import version
 
     from eval_throughput import untrained_demo_model
+
     from solo.evals.harness import SoloLM, mmlu_task, run
 
     root = EvalConfig().data_path()
@@ -64,8 +68,8 @@ def main() -> None:
               "lm_eval_s": round(harness_s, 1), "subjects": rows}
     print(json.dumps({k: v for k, v in result.items() if k != "subjects"}))
     lines = ["# solo vs lm-evaluation-harness on MMLU", "",
-             f"lm-eval {result['lm_eval']}, {result['model']}, {args.shots}-shot, the first {args.limit} test questions "
-             f"of {len(subjects)} subjects ({len(questions)} in all), from the local CSVs.", "",
+             f"lm-eval {result['lm_eval']}, {result['model']}, {args.shots}-shot, the first {args.limit} test "
+             f"questions of {len(subjects)} subjects ({len(questions)} in all), from the local CSVs.", "",
              f"**Overall: solo {overall_solo:.2f}%, lm-eval {overall_harness:.2f}%, gap {gap:.2f} points** "
              f"(bar: 0.5). Time: solo {ours_s:.1f} s, lm-eval {harness_s:.1f} s.", "",
              "| subject | questions | solo % | lm-eval % |", "| --- | ---: | ---: | ---: |"]

@@ -16,18 +16,17 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import Conditions, ran_on, record
-from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
-
+from solo.evals.config import EvalConfig
 
 
 def untrained_demo_model(folder: Path, vocab_size: int = 4096, seq_len: int = 256) -> Path:
     from transformers import LlamaForCausalLM
 
     from solo.data import corpus
-    from solo.train.presets import llama_config
     from solo.tokens.tokenizer import stop_token_ids
     from solo.tokens.train_bpe import train_bpe
+    from solo.train.presets import llama_config
 
     tokenizer = train_bpe((d["text"] for d in corpus.documents(max_documents=500)), vocab_size, min_frequency=2)
     torch.manual_seed(0)
@@ -40,8 +39,8 @@ def measure(model, tokenizer, questions, batch_size: int) -> dict:
     started = time.perf_counter()
     metrics, _ = suite.score_multiple_choice(model, tokenizer, questions, batch_size)
     seconds = time.perf_counter() - started
-    return {"batch_size": batch_size, "seconds": round(seconds, 2), "questions_per_s": round(len(questions) / seconds, 2),
-            "accuracy": metrics["accuracy"]}
+    return {"batch_size": batch_size, "seconds": round(seconds, 2),
+            "questions_per_s": round(len(questions) / seconds, 2), "accuracy": metrics["accuracy"]}
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.record import Conditions, DATA, ran_on, record
+from benchmarks.record import DATA, Conditions, ran_on, record
 
 METHODS = ("sft", "lora", "qlora")
 
@@ -37,14 +37,15 @@ def current_rss_gb() -> float:
 
 
 def make_model(folder: Path, preset: str, seq_len: int) -> None:
-    """An untrained Llama of the preset and a BPE tokenizer (with solo's chat template) trained on the embedded corpus."""
+    """An untrained Llama of the preset and a BPE tokenizer (with solo's chat template) trained on the
+    embedded corpus."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
     from solo.data import corpus
-    from solo.train.presets import llama_config
     from solo.tokens.tokenizer import stop_token_ids
     from solo.tokens.train_bpe import train_bpe
+    from solo.train.presets import llama_config
 
     tok = train_bpe((d["text"] for d in corpus.documents(max_documents=2000)), vocab_size=8192, min_frequency=2)
     torch.manual_seed(0)
@@ -73,11 +74,11 @@ def measure(method: str, args) -> dict:
         os.environ.setdefault(key, value)
     import torch
 
-    from solo.train.sft import build_sft_rows
     from solo.tokens.tokenizer import load
     from solo.train.checkpoints import CheckpointSink
     from solo.train.job import TrainJob
     from solo.train.loop import train_worker
+    from solo.train.sft import build_sft_rows
 
     cuda = args.device == "cuda"
     join_one_process_group(cuda)
@@ -122,8 +123,9 @@ def main() -> None:
     conditions = Conditions()
     with tempfile.TemporaryDirectory(prefix="solo-ft-memory-") as work:
         make_model(Path(work) / "model", args.preset, args.seq_len)
-        from solo.train.presets import parameter_count
         from transformers import AutoConfig
+
+        from solo.train.presets import parameter_count
 
         parameters = parameter_count(AutoConfig.from_pretrained(Path(work) / "model"))
         runs = {}
@@ -134,7 +136,7 @@ def main() -> None:
                                     "--device", args.device]
                                    + (["--activation-checkpointing"] if args.activation_checkpointing else []),
                                    capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-            line = next((l for l in child.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out for out in child.stdout.splitlines() if out.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{method} failed:\n{child.stdout[-3000:]}\n{child.stderr[-3000:]}")
             runs[method] = json.loads(line[len("RESULT "):])
@@ -162,8 +164,8 @@ def markdown(r: dict) -> str:
         "# Fine-tuning memory: full SFT, LoRA and QLoRA", "",
         ran_on(r) + " Load moves the seconds, not the memory.", "",
         f"The `{r['preset']}` preset, untrained ({r['parameters'] / 1e6:.1f}M parameters), {r['steps']} steps of "
-        f"micro-batch {r['micro_batch']} × {r['seq_len']} tokens of packed Alpaca conversations, on {r['device']}; each "
-        "method in its own process, through solo's own training loop. SFT as `method: sft` runs by default "
+        f"micro-batch {r['micro_batch']} × {r['seq_len']} tokens of packed Alpaca conversations, on {r['device']}; "
+        "each method in its own process, through solo's own training loop. SFT as `method: sft` runs by default "
         "(ZeRO-3, optimizer and parameters offloaded to CPU); LoRA and QLoRA: rank 16 on every attention and MLP "
         "projection, QLoRA over a 4-bit NF4 base with double quantization, fp32 compute on CPU. Activation "
         "checkpointing " + ("on" if r.get("activation_checkpointing") else "off") + " for all three.", "",
@@ -181,8 +183,9 @@ def markdown(r: dict) -> str:
               "stores the base's projections in 4 bits (embeddings and norms stay fp32). What all three share "
               "is the activations of the batch, which at a small model and a CPU's fp32 dominate what is left "
               "once the optimizer state is gone: there the 4-bit base saves little beyond LoRA, and on CPU "
-              "bitsandbytes dequantizes each weight to fp32 for every matmul, forward and backward. The base's share, and with it QLoRA's advantage, grows with the model: the issue's GPU "
-              "case (7B, micro-batch 1) is where it is meant to show.", ""]
+              "bitsandbytes dequantizes each weight to fp32 for every matmul, forward and backward. The base's "
+              "share, and with it QLoRA's advantage, grows with the model: the issue's GPU case (7B, "
+              "micro-batch 1) is where it is meant to show.", ""]
     return "\n".join(lines)
 
 

@@ -72,8 +72,8 @@ def measure(config, work: Path, output: Path) -> dict:
 
 
 def predict(config, work: Path, seq_len: int, summary: dict) -> dict:
-    from solo.train import planner
     from solo.tokens.tokenizer import load
+    from solo.train import planner
 
     model = planner.ModelShape.preset(config.model, len(load(work / "tokenizer")), seq_len)
     if config.strategy == "auto":  # what run_training planned and recorded
@@ -98,12 +98,12 @@ def worker_baseline_gb() -> float:
     @ray.remote(num_cpus=1)
     class Probe:
         def rss_gb(self) -> float:
+            import ray.train.torch  # noqa: F401
             import torch
             from deepspeed.ops.adam import DeepSpeedCPUAdam
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
             from transformers import LlamaConfig, LlamaForCausalLM
 
-            import ray.train.torch  # noqa: F401
             from solo import train  # noqa: F401
 
             tiny = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
@@ -137,11 +137,10 @@ def main() -> None:
     args = parser.parse_args()
     cuda = args.device == "cuda"
 
-    from solo.train import planner
-
     import ray
 
     from solo.runtime import worker_env
+    from solo.train import planner
 
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)

@@ -132,9 +132,11 @@ def table(run: dict) -> list[str]:
     if not run["gateway_overhead_tokens_per_s"]:
         return lines + [""]
     lines += ["", "Output tokens/s in each repetition (engine alone, then served), and the overhead between medians:",
-              "", "| clients | engine alone | served over HTTP | overhead (1 − served ÷ engine) |", "|---:|---|---|---:|"]
+              "", "| clients | engine alone | served over HTTP | overhead (1 − served ÷ engine) |",
+              "|---:|---|---|---:|"]
     for c, o in run["gateway_overhead_tokens_per_s"].items():
-        by_path = {path: [r["tokens_per_s"] for r in at_level(run["repeats"], path, c)] for path in ("engine", "served")}
+        by_path = {path: [r["tokens_per_s"] for r in at_level(run["repeats"], path, c)]
+                   for path in ("engine", "served")}
         medians = run["median_tokens_per_s"]
         lines.append(f"| {c} | {', '.join(map(str, by_path['engine']))} (median {medians['engine'][c]}) | "
                      f"{', '.join(map(str, by_path['served']))} (median {medians['served'][c]}) | {100 * o:.1f}% |")

@@ -78,7 +78,8 @@ def vllm_alone(model: Path, device: str, log: Path) -> Iterator[str]:
     port = free_port()
     # `vllm serve`, run by this interpreter, as vLLM's console script does.
     command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--served-model-name", "bench", *engine_flags(device), "--disable-uvicorn-access-log"]
+               "--port", str(port), "--served-model-name", "bench", *engine_flags(device),
+               "--disable-uvicorn-access-log"]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -86,7 +87,8 @@ def vllm_alone(model: Path, device: str, log: Path) -> Iterator[str]:
             wait_until_healthy(f"http://127.0.0.1:{port}", READY_TIMEOUT_S, server=process)
         except SoloError as error:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-            raise SystemExit(f"{tail}\nserve_vllm: `vllm serve` did not start: {error} (the end of its log is above)") from None
+            raise SystemExit(f"{tail}\nserve_vllm: `vllm serve` did not start: {error} "
+                             "(the end of its log is above)") from None
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
@@ -140,7 +142,8 @@ def table(run: dict, levels: list[int]) -> list[str]:
             results = at_level(run["repeats"], path, c)
             middle = sorted(results, key=lambda r: r["tokens_per_s"])[len(results) // 2]
             lines.append(f"| {c} | {TITLES[path]} | {', '.join(str(r['tokens_per_s']) for r in results)} "
-                         f"({run['median_tokens_per_s'][path][c]}) | {middle['ttft_p50_ms']} | {middle['ttft_p99_ms']} |")
+                         f"({run['median_tokens_per_s'][path][c]}) | {middle['ttft_p50_ms']} | "
+                         f"{middle['ttft_p99_ms']} |")
     lines += ["", "| clients | solo ÷ vLLM alone, output tokens/s (goal ≥ 0.9) |", "|---:|---:|"]
     lines += [f"| {c} | {ratio} |" for c, ratio in run["solo_over_vllm"].items()]
     return lines + [""]

@@ -21,9 +21,9 @@ def build_model(folder: Path, preset: str) -> Path:
     from transformers import LlamaForCausalLM
 
     from solo.data import corpus
-    from solo.train.presets import llama_config
     from solo.tokens.tokenizer import stop_token_ids
     from solo.tokens.train_bpe import train_bpe
+    from solo.train.presets import llama_config
 
     tok = train_bpe((doc["text"] for doc in corpus.documents(max_documents=300)), vocab_size=4096, min_frequency=2)
     config = llama_config(preset, vocab_size=len(tok), seq_len=1024, eos_token_id=stop_token_ids(tok))

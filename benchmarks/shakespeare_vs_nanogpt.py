@@ -1,8 +1,8 @@
 """Quality per compute on tinyshakespeare: solo's pretraining against nanoGPT's CPU recipe, given
 the same wall-clock time on the same cores.
 
-    .venv/bin/python -m benchmarks.shakespeare_vs_nanogpt [--peer-iters 2000] [--config configs/pretrain/shakespeare-cpu.yaml]
-                                                          [--vocab-size 1024] [--seq-len 128]
+    .venv/bin/python -m benchmarks.shakespeare_vs_nanogpt [--peer-iters 2000] \\
+        [--config configs/pretrain/shakespeare-cpu.yaml] [--vocab-size 1024] [--seq-len 128]
 
 The peer is nanoGPT's CPU recipe as its README gives it (`train.py config/train_shakespeare_char.py
 --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4
@@ -42,7 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.record import Conditions, DATA as SHARED_DATA, RESULTS, ran_on, record
+from benchmarks.record import DATA as SHARED_DATA
+from benchmarks.record import RESULTS, Conditions, ran_on, record
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA / "tinyshakespeare" / "input.txt"
@@ -206,11 +207,11 @@ def main() -> None:
 
     import ray
 
+    from solo.config import load_config
     from solo.evals.bpb import bits_per_byte
     from solo.evals.model import load_model
-    from solo.config import load_config
-    from solo.train.config import TrainConfig
     from solo.runtime import worker_env
+    from solo.train.config import TrainConfig
 
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
@@ -313,8 +314,8 @@ def markdown(r: dict) -> str:
         "(Ray Train's start, DeepSpeed's set-up, evaluations and the export included).", "",
         "| side | model | parameters | seconds | steps | val bits per byte |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
-        f"| nanoGPT CPU recipe | char GPT 4×4×128, block 64, batch 12 | {p['parameters'] / 1e6:.2f}M | {p['seconds']} | "
-        f"{p['iters']} | {p['val_bpb']} ({p['val_nats_per_char']} nats/char) |",
+        f"| nanoGPT CPU recipe | char GPT 4×4×128, block 64, batch 12 | {p['parameters'] / 1e6:.2f}M | "
+        f"{p['seconds']} | {p['iters']} | {p['val_bpb']} ({p['val_nats_per_char']} nats/char) |",
         f"| solo (`{s['config']}`) | `{s['model']}` Llama, BPE {s['vocab_size']:,}, rows of {s['seq_len']}, "
         f"{s['workers']} workers | {s['parameters'] / 1e6:.2f}M | {s['seconds']} | {s['steps']} | {s['val_bpb']} |",
         "", f"solo ÷ peer bits per byte: **{r['solo_over_peer_bpb']}** (goal < 1) in {r['solo_over_peer_seconds']}× "

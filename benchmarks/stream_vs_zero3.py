@@ -13,8 +13,9 @@ optimizer and parameters offloaded to CPU), *stream* is `engine: stream`. Each r
 its own, so the peaks (host RSS, device memory) are its own; with a device-memory cap the process
 may use only that much of the card (`torch.cuda.set_per_process_memory_fraction`), and a run that
 runs out is recorded as such. tokens/s is the loop's own window over `--steps` steps after
-`--warmup`; both with OMP_WAIT_POLICY=passive (see run_child). Ratio = stream ÷ zero3 tokens/s (the issue's goal on a GPU: ≥ 1.5×). On a CPU both
-"devices" are host memory: the figures check that the benchmark runs, not the engine's speed.
+`--warmup`; both with OMP_WAIT_POLICY=passive (see run_child). Ratio = stream ÷ zero3 tokens/s
+(the issue's goal on a GPU: ≥ 1.5×). On a CPU both "devices" are host memory: the figures check
+that the benchmark runs, not the engine's speed.
 Writes benchmarks/results/stream_vs_zero3.{json,md} from a GPU, stream_vs_zero3_cpu.{json,md} from a CPU.
 Each preset is written as soon as it is measured; `--resume` keeps the presets a cut-short run wrote
 (same device, same settings) and measures the rest.
@@ -47,8 +48,8 @@ def one_run(args, engine: str, preset: str, work: Path) -> dict:
     import torch
 
     from solo.config import load_config
-    from solo.train.config import TrainConfig
     from solo.train.checkpoints import CheckpointSink
+    from solo.train.config import TrainConfig
     from solo.train.job import TrainJob
     from solo.train.loop import train_worker
 

@@ -5,8 +5,9 @@
 The same prepared parquet (real web text, WikiText-2 articles and Python's docs, `--copies` times
 over with fresh ids) is encoded and packed into shards three ways: a single-process loop of
 `tokenizers`' `encode_batch` (which spreads each batch over every core with its own threads) and
-`solo.tokens.shards.pack`, then `solo.tokens.shards.tokenize` on a private Ray with `num_cpus=1` and `num_cpus=2`. Goal: the stage scales with cores. The machine's
-load average is recorded beside each run: on a shared machine, other work takes cores from it.
+`solo.tokens.shards.pack`, then `solo.tokens.shards.tokenize` on a private Ray with `num_cpus=1` and
+`num_cpus=2`. Goal: the stage scales with cores. The machine's load average is recorded beside each
+run: on a shared machine, other work takes cores from it.
 Writes benchmarks/results/tokenize_throughput.{json,md}.
 """
 
@@ -40,7 +41,8 @@ def write_parquet(folder: Path, copies: int, rows_per_file: int = 20_000) -> int
     rows = [{"id": f"{doc_id}-{c}", "text": text} for c in range(copies) for doc_id, text, _ in documents]
     folder.mkdir(parents=True)
     for i in range(0, len(rows), rows_per_file):
-        pq.write_table(pa.Table.from_pylist(rows[i:i + rows_per_file]), folder / f"part_{i // rows_per_file:03d}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows[i:i + rows_per_file]),
+                       folder / f"part_{i // rows_per_file:03d}.parquet")
     return sum(len(r["text"].encode()) for r in rows)
 
 
@@ -133,8 +135,8 @@ def markdown(r: dict) -> str:
         f"{r['bytes'] / 1e6:.1f} MB of real text (web, WikiText-2, Python's docs; {r['copies']} copies) encoded with "
         f"a {r['vocab_size']:,}-token BPE and packed into {SETTINGS.seq_len}-token rows. *single process* is "
         "`tokenizers`' multi-threaded `encode_batch` + `solo.tokens.shards.pack` in a loop, no Ray; the Ray runs are "
-        "`solo.tokens.shards.tokenize` on a private `ray.init(num_cpus=N)` (one single-threaded encoding task per core, "
-        "each packing and writing its own shards), its start-up not timed, run twice: *first* includes starting "
+        "`solo.tokens.shards.tokenize` on a private `ray.init(num_cpus=N)` (one single-threaded encoding task per "
+        "core, each packing and writing its own shards), its start-up not timed, run twice: *first* includes starting "
         "Ray's worker processes, the plain row finds them warm (as all but the first batches of a real corpus do). "
         "All encode the same tokens.", "",
         "| run | seconds | tokens/s | MB/s | vs single process | load average before |",

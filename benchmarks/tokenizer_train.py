@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
-from benchmarks.record import Conditions, DATA, ran_on, record
-from solo.tokens import train_bpe as bpe
+from benchmarks.record import DATA, Conditions, ran_on, record
 from solo.data import read
 from solo.data.config import InputSpec
+from solo.tokens import train_bpe as bpe
 
 VAL_FRACTION = 0.05
 WEB = ["webtext/c4_en_train_first1000.jsonl", "webtext/fineweb_first300.json",
@@ -79,7 +79,8 @@ def main() -> None:
         **conditions.end(),
         "vocab_size": args.vocab_size,
         "sample": {"documents": found.sample_documents, "bytes": found.sample_bytes, "of_documents": found.documents},
-        "seconds": {"scan": round(scan_s, 3), "solo": [round(s, 3) for s in solo_s], "bare": [round(s, 3) for s in bare_s]},
+        "seconds": {"scan": round(scan_s, 3), "solo": [round(s, 3) for s in solo_s],
+                    "bare": [round(s, 3) for s in bare_s]},
         "train_time_ratio": round(time_ratio, 3), "train_time_goal": "<= 1.1",
         "bytes_per_token_ratio": round(bpt_ratio, 4), "bytes_per_token_goal": ">= 0.97",
         "held_out": held_out,
@@ -106,7 +107,8 @@ def markdown(r: dict) -> str:
         f"Every run, seconds: solo {r['seconds']['solo']}, bare {r['seconds']['bare']}; on a loaded machine the "
         "spread between runs is wider than the gap between the sides, so read the ratio with it.", "",
         f"The sample's cutoff (one pass over the corpus, hashing ids) took {r['seconds']['scan']:.2f} s.", "",
-        "| held-out domain | documents | MB | solo bytes/token | bare bytes/token | solo tokens/word | bare tokens/word |",
+        "| held-out domain | documents | MB | solo bytes/token | bare bytes/token | solo tokens/word "
+        "| bare tokens/word |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for domain, d in r["held_out"].items():

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.record import Conditions, DATA, ran_on, record
+from benchmarks.record import DATA, Conditions, ran_on, record
 
 RAY_CPUS = 2
 
@@ -66,9 +66,9 @@ def plain_loop(config, work: Path, threads: int, warmup: int) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
-    from solo.train import presets
-    from solo.tokens.tokenizer import load, stop_token_ids
     from solo.tokens.shards import ShardLoader, TokenShards
+    from solo.tokens.tokenizer import load, stop_token_ids
+    from solo.train import presets
     from solo.train.loop import learning_rate
 
     torch.set_num_threads(threads)
@@ -201,10 +201,11 @@ def markdown(r: dict) -> str:
     lines = [
         "# Training-loop overhead on CPU: Ray Train + DeepSpeed against a plain PyTorch loop", "",
         ran_on(r), "",
-        f"Rows of {r['seq_len']} tokens (tinyshakespeare and WikiText-2, a {r['vocab_size']:,}-token BPE), global batch "
-        f"{r['global_batch']} sequences in micro-batches of {r['micro_batch']}, AdamW, fp32, gradient clipping, "
+        f"Rows of {r['seq_len']} tokens (tinyshakespeare and WikiText-2, a {r['vocab_size']:,}-token BPE), global "
+        f"batch {r['global_batch']} sequences in micro-batches of {r['micro_batch']}, AdamW, fp32, gradient clipping, "
         f"{r['measured_steps']} optimizer steps timed after {r['warmup_steps']} of warm-up. *ours*: "
-        f"`solo.train.loop.run_training` (Ray Train, DeepSpeed at ZeRO stage " + "/".join(map(str, r["zero_stages"])) + ", no offload, gloo between workers) "
+        f"`solo.train.loop.run_training` (Ray Train, DeepSpeed at ZeRO stage "
+        + "/".join(map(str, r["zero_stages"])) + ", no offload, gloo between workers) "
         "on a private Ray of 2 CPUs, one CPU and so one torch thread per worker; *plain*: the same model and "
         "rows in one process, torch AdamW, `torch.set_num_threads` = our worker count (the same cores).", "",
         "| preset | parameters | ZeRO stage (ours) | workers (ours) / threads (plain) | plain tokens/s | our tokens/s "

@@ -39,7 +39,6 @@ class LLMServer:
     has it loaded, when one has)."""
 
     def __init__(self, plan: ModelPlan, max_concurrent: int, message_tokens: int, message_delay_s: float):
-        # The engine's module is imported there, so the driver, which only builds the app, never loads torch.
         self.engine = build_engine(plan, max_concurrent)
         self.message_tokens, self.message_delay_s = message_tokens, message_delay_s
         folders = {adapter.name: adapter.folder for adapter in plan.adapters}

@@ -190,7 +190,8 @@ def migrate_run(run: RunStore) -> None:
             if manifest is None:
                 continue
             before = manifest.key()
-            inputs = {LEGACY_STAGE_NAMES.get(name, name): rekeyed.get(key, key) for name, key in manifest.inputs.items()}
+            inputs = {LEGACY_STAGE_NAMES.get(name, name): rekeyed.get(key, key)
+                      for name, key in manifest.inputs.items()}
             if inputs != manifest.inputs or manifest.stage != stage.name:
                 manifest.stage, manifest.inputs = stage.name, inputs
                 write_manifest(folder, manifest)

@@ -102,6 +102,10 @@ def plot_training(curves: dict[str, list[dict[str, float]]], folder: Path) -> li
 # ---------------------------------------------------------------- sections
 
 
+def _column(rows: list[dict[str, float]], key: str) -> list[float]:
+    return [r[key] for r in rows if key in r]
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -143,12 +147,12 @@ def training_section(curves: dict[str, list[dict[str, float]]], plots: list[Path
         if not rows:
             continue
         last = {k: v for r in rows for k, v in r.items()}          # each column's latest value
-        column = lambda key: [r[key] for r in rows if key in r]  # noqa: E731
-        peak = lambda key: max(column(key), default=None)        # noqa: E731
         lines.append(f"| {TRAINING[stage]} | {int(last.get('step', 0))} | {_fmt(last.get('loss'))} | "
                      f"{_fmt(last.get('val_loss'))} | {_fmt(last.get('val_bpb'))} | "
-                     f"{_fmt(_mean(column('tokens_per_s')), ',.0f')} | {_fmt(_mean(column('mfu')), '.2%')} | "
-                     f"{_fmt(peak('gpu_peak_gb'), '.2f')} | {_fmt(peak('host_peak_gb'), '.2f')} |")
+                     f"{_fmt(_mean(_column(rows, 'tokens_per_s')), ',.0f')} | "
+                     f"{_fmt(_mean(_column(rows, 'mfu')), '.2%')} | "
+                     f"{_fmt(max(_column(rows, 'gpu_peak_gb'), default=None), '.2f')} | "
+                     f"{_fmt(max(_column(rows, 'host_peak_gb'), default=None), '.2f')} |")
     lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return lines + [""]
@@ -191,7 +195,8 @@ def cost_section(hours: float, on_gpu: bool, cost: CostConfig, tasks: dict[str, 
     accuracy = {name: 100 * r["accuracy"] for name, r in tasks.items()}
     lines = ["## Cost", "", f"Wall-clock hours of the run's stages on one machine, at {cost.watts:g} W and "
              f"{cost.price_per_kwh:g} {cost.currency}/kWh (the references at the same draw and price).", "",
-             f"| model | MMLU % | GSM8K % | {unit} | kWh | {cost.currency} |", "| --- | ---: | ---: | ---: | ---: | ---: |",
+             f"| model | MMLU % | GSM8K % | {unit} | kWh | {cost.currency} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |",
              row("this run", accuracy.get("mmlu"), accuracy.get("gsm8k"), hours)]
     lines += [row(r.name, r.mmlu, r.gsm8k, r.gpu_hours) for r in REFERENCES]
     return lines + [""]

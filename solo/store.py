@@ -20,9 +20,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,7 +102,7 @@ class RunStore:
         self.root = Path(root).expanduser().resolve()
 
     @classmethod
-    def named(cls, run: str) -> "RunStore":
+    def named(cls, run: str) -> RunStore:
         return cls(solo_home() / "runs" / run)
 
     def stage_dir(self, stage: str) -> Path:
@@ -144,7 +145,8 @@ def replace_folder(staged: Path, final: Path) -> None:
 
 
 def register_adapter(name: str, source: Path, base_model: str, method: str, metrics: dict) -> Path:
-    """Copy a peft adapter folder into the store under `name` (replacing an older one of that name), whole or not at all."""
+    """Copy a peft adapter folder into the store under `name` (replacing an older one of that name), whole or
+    not at all."""
     final = adapters_dir() / name
     staging = final.with_name(f".{name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)

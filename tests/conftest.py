@@ -4,20 +4,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray
+import torch
+import torch.distributed as dist
+from transformers import GenerationConfig, LlamaForCausalLM
+
+from solo.data import corpus
+from solo.runtime import join_one_process_group
+from solo.tokens.shards import ShardWriter, is_validation, pack, token_dtype
+from solo.tokens.tokenizer import load, stop_token_ids
+from solo.tokens.train_bpe import train_bpe
+from solo.train.presets import llama_config
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real exported Hugging Face folder: a BPE tokenizer trained on the embedded corpus and an
     untrained `demo` Llama with a 256-token window. Built once per session (~6s)."""
-    import torch
-    from transformers import GenerationConfig, LlamaForCausalLM
-
-    from solo.data import corpus
-    from solo.train.presets import llama_config
-    from solo.tokens.tokenizer import stop_token_ids
-    from solo.tokens.train_bpe import train_bpe
-
     folder = tmp_path_factory.mktemp("tiny-model")
     tok = train_bpe((doc["text"] for doc in corpus.documents(max_documents=300)), vocab_size=1024, min_frequency=2)
     config = llama_config("demo", vocab_size=len(tok), seq_len=256, eos_token_id=stop_token_ids(tok))
@@ -34,6 +37,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir: Path):
+    """tiny_model_dir's tokenizer, as serving loads it."""
+    return load(tiny_model_dir)
+
+
 @dataclass(frozen=True)
 class TinyLora:
     folder: Path  # a LoRA adapter on tiny_model_dir, in peft's format
@@ -45,9 +54,7 @@ class TinyLora:
 def tiny_lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyLora:
     """A LoRA adapter with random B matrices (peft starts them at zero), so it changes what the
     model says, and the tokens the merged model decodes: what an engine serving it must produce."""
-    import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import LlamaForCausalLM
 
     torch.manual_seed(1)
     lora = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
@@ -65,8 +72,6 @@ def tiny_lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def ray_local():
     """A private in-process Ray of two CPUs for one test module, whatever cluster RAY_ADDRESS names."""
-    import ray
-
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
@@ -77,14 +82,10 @@ def tiny_tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder as a run's tokenizer and tokenize stages leave it: tokenizer/ (a 512-token BPE on 60
     embedded documents) and tokenize/{train,val}/ (rows of 64 tokens, split by document as tokenize
     does). Built once per session (~3 s)."""
-    from solo.data import corpus
-    from solo.tokens import train_bpe as bpe
-    from solo.tokens.shards import ShardWriter, is_validation, pack, token_dtype
-
     seq_len = 64
     folder = tmp_path_factory.mktemp("tiny-tokens")
     documents = list(corpus.documents(max_documents=60))
-    tokenizer = bpe.train_bpe((d["text"] for d in documents), vocab_size=512, min_frequency=2)
+    tokenizer = train_bpe((d["text"] for d in documents), vocab_size=512, min_frequency=2)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     for split in ("train", "val"):
         members = [d for d in documents if is_validation(d["id"], 0.1) == (split == "val")]
@@ -102,10 +103,6 @@ def gloo_group():
     """A one-process gloo group, so `train_worker` runs in the test process as rank 0 of 1. One for
     the whole session: DeepSpeed keeps the groups it derives from the first one, so a group made
     after destroying it is refused as "not registered"."""
-    import torch.distributed as dist
-
-    from solo.runtime import join_one_process_group
-
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOCAL_RANK", "0")  # and never RANK: solo.runtime.launched_rank must not see a launcher
         join_one_process_group(cuda=False)

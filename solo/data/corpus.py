@@ -12,9 +12,9 @@ import ast
 import hashlib
 import pydoc_data.topics
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 # Test suites, IDLE and bundled third-party code are not documentation.
 _SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "__pycache__",

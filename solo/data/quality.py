@@ -24,7 +24,8 @@ import unicodedata
 from solo.data.config import C4Config, FilterConfig, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 
 # Punctuation split off the front and the back of a whitespace-separated chunk, one at a time.
-_PREFIX = re.compile(r"\.\.+|……|''|[§%=—–…,:;!?¿¡()\[\]{}<>_#*&。？！，、；：～·\'\"”“`‘´’‚„»«「」『』（）【】《》$£€¥¦©®°]"
+_PREFIX = re.compile(r"\.\.+|……|''|[§%=—–…,:;!?¿¡()\[\]{}<>_#*&。？！，、；：～·\'\"”“`‘´’‚„»«"
+                     r"「」『』（）【】《》$£€¥¦©®°]"
                      r"|\+(?!\d)")
 _UPPER = "A-ZÀ-ÖØ-ÞĀĂĄĆČĎĐĒĘĚĞĪŁŃŇŌŐŒŘŚŠŞŢŤŪŮŰŹŻŽА-ЯЁΑ-Ω"
 _SUFFIX = re.compile(
@@ -52,7 +53,8 @@ _PRONOUN_CONTRACTION = re.compile(
 _RUN_TOGETHER = re.compile(r"(?i)^(do|does|did|is|are|was|were|have|has|had|could|would|should|must|need|ca|wo)(nt)$")
 # Words spaCy's English exceptions split although nothing marks them.
 _SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"), "wanna": ("wan", "na"),
-                "im": ("i", "m"), "Im": ("I", "m"), "Cannot": ("Can", "not"), "ive": ("i", "ve"), "youre": ("you", "re")}
+                "im": ("i", "m"), "Im": ("I", "m"), "Cannot": ("Can", "not"), "ive": ("i", "ve"),
+                "youre": ("you", "re")}
 
 
 def _split_chunk(chunk: str, out: list[str]) -> None:

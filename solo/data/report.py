@@ -8,7 +8,7 @@ from solo.data import mixing
 EXAMPLES_PER_RULE = 3
 
 
-def _report(decided, plan: mixing.MixPlan | None = None) -> dict:
+def summarize(decided, plan: mixing.MixPlan | None = None) -> dict:
     """Counts per rule, examples, sizes per domain, and the rows and bytes left after mixing by
     `plan` (every row's copies): streamed over the decided rows a batch at a time (only the columns
     it needs), so memory does not grow with the corpus. The caller adds the time."""
@@ -47,7 +47,7 @@ def _report(decided, plan: mixing.MixPlan | None = None) -> dict:
     }
 
 
-def _report_markdown(report: dict) -> str:
+def report_markdown(report: dict) -> str:
     lines = ["# Data report", "", f"Read {report['read']:,} documents, kept {report['kept']:,} "
              f"({report['kept_bytes'] / 1e6:.2f} MB) in {report['seconds']} s ({report['docs_per_s']} docs/s).", "",
              "| rule | dropped | examples |", "| --- | ---: | --- |"]
@@ -71,7 +71,7 @@ def _report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _dedup_markdown(report: dict) -> str:
+def dedup_markdown(report: dict) -> str:
     """The dedup, decontamination and mixing sections of report.md."""
     dedup = report.get("dedup", {})
     lines = ["", "## Dedup", "", f"Exact duplicates dropped: {dedup.get('exact_duplicates', 0):,}."]

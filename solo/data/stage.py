@@ -29,7 +29,7 @@ from solo.data.clean import clean, cleaning_stats
 from solo.data.config import DataConfig
 from solo.data.normalize import normalize
 from solo.data.read import read_inputs, resolve_files
-from solo.data.report import _dedup_markdown, _report, _report_markdown
+from solo.data.report import dedup_markdown, report_markdown, summarize
 
 
 def exact_survivors(batches) -> dict[str, str]:
@@ -209,7 +209,7 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
     # overhead apiece in Ray 2.60.
     decided = staged.drop_columns(["dedup_key"]).materialize()
     mixed, plan, mixing_stats = mix(decided, config)
-    report = _report(decided, plan)  # also counts the rows and bytes mixing will keep
+    report = summarize(decided, plan)  # also counts the rows and bytes mixing will keep
     kept_rows = report.pop("kept_after_mixing")
     kept_bytes = report.pop("kept_bytes_after_mixing")
 
@@ -233,7 +233,7 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
         report["quality_classifier"] = classifier_stats
     shutil.rmtree(work)
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output / "report.md").write_text(_report_markdown(report) + _dedup_markdown(report))
+    (output / "report.md").write_text(report_markdown(report) + dedup_markdown(report))
     progress(f"data: kept {report['kept']:,} of {report['read']:,} documents "
              f"({report['kept_bytes'] / 1e6:.1f} MB); dropped {report['dropped_by_reason']}"
              + (f"; {kept_rows:,} after mixing" if mixing_stats else ""))

@@ -9,8 +9,8 @@ therefore a score of the model exactly as `solo serve` runs it, not of a second 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import aclosing
-from typing import Sequence
 
 from solo.serving.cpu_engine import CpuEngine
 from solo.serving.detokenize import TextStream

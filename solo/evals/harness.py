@@ -76,7 +76,8 @@ def mmlu_task(root: Path, subject: str) -> dict:
         "fewshot_split": "dev",
         "fewshot_config": {"sampler": "first_n"},
         "output_type": "multiple_choice",
-        "description": f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
+        "description": "The following are multiple choice questions (with answers) about "
+                       f"{subject.replace('_', ' ')}.\n\n",
         "doc_to_text": "{{question.strip()}}\n" + choices + "\nAnswer:",
         "doc_to_choice": ["A", "B", "C", "D"],
         "doc_to_target": "answer",

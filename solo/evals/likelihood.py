@@ -8,8 +8,8 @@ share that pass, and the rest are sorted by length so a batch holds little paddi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -8,8 +8,8 @@ seeded, decoding is greedy, and scoring runs in a fixed order, so a rerun gives 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from solo.evals import tasks
 from solo.evals.config import EvalConfig

@@ -14,9 +14,10 @@ import csv
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 LETTERS = "ABCD"
 

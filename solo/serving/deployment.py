@@ -149,7 +149,6 @@ def deployment_options(plan: ModelPlan, config: ServeConfig) -> dict[str, Any]:
 def build_engine(plan: ModelPlan, max_concurrent: int) -> Engine:
     """The plan's engine, on the replica that will run it (torch, or vLLM, load here)."""
     if plan.engine == "vllm":
-
         settings = plan.settings
         # Replicas packed onto one GPU must leave each other room: each takes its share.
         memory = GPU_MEMORY_SHARE * min(1.0, settings.num_gpus) if settings.num_gpus else CPU_MEMORY_SHARE

@@ -88,11 +88,11 @@ class Engine(abc.ABC):
         """This model with the LoRA adapter in `folder` (peft's format) applied, as an engine."""
         raise NotImplementedError(f"{type(self).__name__} serves no LoRA adapters")
 
-    def retire(self) -> None:
+    def retire(self) -> None:  # noqa: B027 (a hook: an engine that holds nothing needs none)
         """No new generations are coming: free what the engine holds once the running ones end.
         Safe to call from any thread."""
 
-    def check_health(self) -> None:
+    def check_health(self) -> None:  # noqa: B027 (a hook: an engine in this process is as healthy as it)
         """Raise if the engine can serve no more, so that Ray Serve replaces its replica."""
 
 

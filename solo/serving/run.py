@@ -76,15 +76,11 @@ def wait_until_healthy(root: str, timeout_s: float, server: subprocess.Popen | N
 def _ray_session() -> Iterator[None]:
     """Ray for as long as we serve: the cluster `solo up` started or RAY_ADDRESS names, else a
     private local one (`solo.runtime.init_ray`), left as it was found on the way out."""
-    # Ray reads RAY_AUTH_MODE once, on import, and init_ray sets it: so ray is not imported first.
-    loaded = sys.modules.get("ray")
-    if loaded is not None and loaded.is_initialized():  # the caller's Ray: theirs to shut down
+    if ray.is_initialized():  # the caller's Ray: theirs to shut down
         yield
         return
-
     on_sigterm = signal.getsignal(signal.SIGTERM)
     init_ray()
-
     if threading.current_thread() is threading.main_thread():
         # ray.init hands SIGTERM to a handler that aborts the process, skipping every cleanup
         # (and leaving a Ray we started running): put back the caller's, or else exit cleanly.
@@ -121,8 +117,6 @@ def serving(config: ServeConfig) -> Iterator[str]:
     check_port_free(config.host, config.port)
     root = f"http://{_client_host(config.host)}:{config.port}"
     with _ray_session():
-
-
         if serve.status().proxies:
             # A Serve already running keeps its own HTTP port, so ours would never come up.
             raise SoloError("Ray Serve is already running on this Ray cluster: stop it with "

@@ -1,9 +1,9 @@
 """Token shards: documents encoded, EOS between them, packed into fixed-length rows.
 
-    tokens/{train,val}/index.json         seq_len, dtype, shards with their row counts
-    tokens/{train,val}/shard_00000.npy    uint16 (uint32 when the vocabulary needs it) [rows, seq_len]
-    tokens/{train,val}/shard_00000.labels.npy   optional int32 [rows, seq_len]: -100 where no loss
-    tokens/{train,val}/shard_00000.positions.npy   optional int32 [rows, seq_len]: position ids, 0 where
+    tokenize/{train,val}/index.json         seq_len, dtype, shards with their row counts
+    tokenize/{train,val}/shard_00000.npy    uint16 (uint32 when the vocabulary needs it) [rows, seq_len]
+    tokenize/{train,val}/shard_00000.labels.npy   optional int32 [rows, seq_len]: -100 where no loss
+    tokenize/{train,val}/shard_00000.positions.npy   optional int32 [rows, seq_len]: position ids, 0 where
                                           each packed conversation starts (fine-tuning rows)
 
 Train and validation are split by document (a hash of its id), never inside one. The
@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -163,7 +163,6 @@ class ShardLoader:
         self.state = state or LoaderState()
         self.global_micro = workers * micro_batch
         if len(shards) < self.global_micro:
-
             raise SoloError(f"{len(shards)} training rows cannot fill one step of {workers} workers × "
                             f"micro_batch {micro_batch}: add data or lower the batch")
 

@@ -106,7 +106,6 @@ def tokenize(data_dir: Path, tokenizer, output: Path, seq_len: int, val_fraction
     progress(f"tokenize: {tokens:,} tokens → {indexes['train']['rows']:,} train and "
              f"{indexes['val']['rows']:,} val rows of {seq_len} ({tokens / seconds:,.0f} tokens/s)")
     if indexes["train"]["rows"] == 0:
-
         raise SoloError(f"too little text for one training row of {seq_len} tokens: add data or lower tokenize.seq_len")
     val = totals["val"]
     return {"tokens": tokens, "train_rows": indexes["train"]["rows"], "val_rows": indexes["val"]["rows"],

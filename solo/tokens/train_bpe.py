@@ -98,7 +98,6 @@ def scan(documents: Iterable[Document], max_bytes: int, val_fraction: float) -> 
         priorities.append(sample_priority(doc_id))
         sizes.append(size)
     if not priorities:
-
         raise SoloError("no training text for the tokenizer: add data (or lower tokenize.val_fraction)")
     cutoff, taken, taken_bytes = sample_cutoff(np.frombuffer(priorities, dtype=np.uint64),
                                                np.frombuffer(sizes, dtype=np.int64), max_bytes)
@@ -120,7 +119,8 @@ def compression(tokenizer: Tokenizer | ByteLevelBPETokenizer, texts: list[str]) 
     return {"bytes_per_token": round(size / max(tokens, 1), 4), "tokens_per_word": round(tokens / max(words, 1), 4)}
 
 
-def compression_report(tokenizers: dict[str, Tokenizer | ByteLevelBPETokenizer], held_out: dict[str, list[str]]) -> dict[str, dict]:
+def compression_report(tokenizers: dict[str, Tokenizer | ByteLevelBPETokenizer],
+                       held_out: dict[str, list[str]]) -> dict[str, dict]:
     """Per domain, and over all held-out text: its size, and each tokenizer's compression of it."""
     domains = {**held_out, "all": [t for texts in held_out.values() for t in texts]} if held_out else {}
     return {domain: {"documents": len(texts), "bytes": sum(len(t.encode()) for t in texts),
@@ -167,8 +167,10 @@ def train_stage(documents: Documents, config: TokenizerConfig, val_fraction: flo
     overall = report["held_out"].get("all")
     progress(f"tokenizer: {len(trained):,} tokens trained on {found.sample_bytes / 1e6:.1f} MB in "
              f"{trained_at - scanned:.1f} s" + (f"; held-out bytes/token {overall['solo']['bytes_per_token']} "
-                                                f"(plain BPE {overall['plain']['bytes_per_token']})" if overall else ""))
-    metrics = {"vocab_size": len(trained), "sample_bytes": found.sample_bytes, "seconds": round(trained_at - started, 2)}
+                                                f"(plain BPE {overall['plain']['bytes_per_token']})"
+                                                if overall else ""))
+    metrics = {"vocab_size": len(trained), "sample_bytes": found.sample_bytes,
+               "seconds": round(trained_at - started, 2)}
     if overall:
         metrics["held_out_bytes_per_token"] = overall["solo"]["bytes_per_token"]
         metrics["plain_bytes_per_token"] = overall["plain"]["bytes_per_token"]

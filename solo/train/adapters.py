@@ -50,7 +50,8 @@ def adapter_model(model_dir: str, config: FinetuneConfig, device):
     base = load_base(model_dir, config, device)
     if config.method == "qlora":
         # Norms and embeddings to fp32 and inputs that carry gradients, so the adapters learn stably.
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.strategy.activation_checkpointing)
+        base = prepare_model_for_kbit_training(base,
+                                               use_gradient_checkpointing=config.strategy.activation_checkpointing)
     elif config.strategy.activation_checkpointing:
         # A recomputed block whose inputs need no gradient would give its adapters none either.
         base.enable_input_require_grads()

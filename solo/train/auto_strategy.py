@@ -104,7 +104,6 @@ def _job_model(job: TrainJob) -> tuple[ModelShape, int]:
     vocabulary; and the token rows' length."""
     seq_len = json.loads((Path(job.train_dir) / "index.json").read_text())["seq_len"]
     if job.init_model_dir:
-
         return ModelShape.of(Path(job.init_model_dir).name, LlamaConfig.from_pretrained(job.init_model_dir),
                              seq_len), seq_len
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from solo.errors import SoloError
 
@@ -166,7 +166,8 @@ def _records(path: Path) -> Iterator[tuple[int, object]]:
                 yield number, Malformed("not JSON")
 
 
-def read_conversations(source: str, layout: str, max_examples: int | None, skipped: SkipCounts) -> Iterator[Conversation]:
+def read_conversations(source: str, layout: str, max_examples: int | None,
+                       skipped: SkipCounts) -> Iterator[Conversation]:
     """Conversations from a file, each malformed record tallied in `skipped` by reason."""
     path = Path(source).expanduser()
     if not path.is_file():

@@ -89,7 +89,6 @@ def param_swap_buffer_elements(job: TrainJob) -> int:
         shape = AutoConfig.from_pretrained(job.init_model_dir)
         vocab, hidden, intermediate = shape.vocab_size, shape.hidden_size, shape.intermediate_size
     else:
-
         preset = PRESETS[job.config.model]
         vocab, hidden, intermediate = len(load(job.tokenizer_dir)), preset.hidden, preset.intermediate
     return -(-max(vocab, intermediate) * hidden // dist.get_world_size())
@@ -106,7 +105,6 @@ def build_model(job: TrainJob, ds_config: dict | None, device):
         ds_config["zero_optimization"]["offload_param"]["buffer_size"] = param_swap_buffer_elements(job)
     zero3 = HfDeepSpeedConfig(ds_config) if ds_config and ds_config["zero_optimization"]["stage"] == 3 else None
     if job.config.trains_adapters():
-
         return adapter_model(job.init_model_dir, job.config, device), zero3
     if job.init_model_dir:
         return LlamaForCausalLM.from_pretrained(job.init_model_dir, dtype="float32"), zero3
@@ -132,7 +130,6 @@ def make_engine(job: TrainJob, workers: int, device, load_universal: bool = Fals
         ds_config["checkpoint"] = {"load_universal": True}
     accumulation = ds_config["gradient_accumulation_steps"]
     if config.engine == "stream":
-
         model, _ = build_model(job, None, device)
         model.train()
         engine = StreamEngine(model, config, device, accumulation)

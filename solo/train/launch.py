@@ -51,8 +51,6 @@ def run_training(job: TrainJob) -> dict:
         wait_for_all_ranks()
         metrics = train_worker(job, FolderSink(Path(job.output_dir) / "checkpoints", config.keep_checkpoints))
         return {**_summary(Path(job.output_dir), metrics), **planned}
-
-
     convert_for_worker_count(Path(job.output_dir), config)
     cuda = use_cuda(config)
     trainer = TorchTrainer(

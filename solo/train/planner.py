@@ -134,7 +134,7 @@ class ModelShape:
     tied_embeddings: bool
 
     @classmethod
-    def of(cls, name: str, config: LlamaConfig, seq_len: int) -> "ModelShape":
+    def of(cls, name: str, config: LlamaConfig, seq_len: int) -> ModelShape:
         h, v, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
         params = parameter_count(config)
         per_layer = (params - v * h * (1 if config.tie_word_embeddings else 2) - h) // layers
@@ -151,7 +151,7 @@ class ModelShape:
         return [self.vocab * h, *layer * self.layers, h, *([] if self.tied_embeddings else [self.vocab * h])]
 
     @classmethod
-    def preset(cls, preset: str, vocab: int, seq_len: int) -> "ModelShape":
+    def preset(cls, preset: str, vocab: int, seq_len: int) -> ModelShape:
         if preset not in PRESETS:
             raise SoloError(f"unknown preset {preset!r}: one of {', '.join(PRESETS)}")
         return cls.of(preset, llama_config(preset, vocab_size=vocab, seq_len=seq_len), seq_len)

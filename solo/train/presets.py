@@ -30,7 +30,8 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def llama_config(preset: str, vocab_size: int, seq_len: int, eos_token_id: int | list[int] | None = None) -> LlamaConfig:
+def llama_config(preset: str, vocab_size: int, seq_len: int,
+                 eos_token_id: int | list[int] | None = None) -> LlamaConfig:
     p = PRESETS[preset]
     return LlamaConfig(
         vocab_size=vocab_size,

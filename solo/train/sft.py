@@ -17,8 +17,9 @@ is one more block of its own, with no loss. With `pack: false` each conversation
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -53,7 +53,7 @@ class Unit:
     params: list[tuple[str, nn.Parameter]]  # names inside `module` → host master parameters
 
     @classmethod
-    def of(cls, module: nn.Module) -> "Unit":
+    def of(cls, module: nn.Module) -> Unit:
         return cls(module, list(module.named_parameters()))
 
     def numel(self) -> int:

@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from solo.config import REPO_ROOT
 from solo.pipeline import STAGES
 from solo.runtime import free_port
+from solo.serving.run import wait_until_healthy
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -134,16 +133,7 @@ def test_solo_serve_answers_the_openai_client_and_stops_on_sigint(cluster, first
     server = subprocess.Popen([BIN / "solo", "serve", "--model", "demo", "--port", str(port)], env=cluster["env"],
                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "solo serve did not come up"
-            time.sleep(1)
+        wait_until_healthy(f"http://127.0.0.1:{port}", timeout_s=240, server=server)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
         assert [m.id for m in client.models.list().data] == ["demo"]
         question = [{"role": "user", "content": "What does json.dumps do?"}]

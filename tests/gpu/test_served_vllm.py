@@ -7,11 +7,12 @@ its structured outputs, logprobs, LoRA requests and aborts behind the same gatew
 from __future__ import annotations
 
 import json
+
 import openai
 import pytest
 
-from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.runtime import free_port
+from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.serving.run import serving
 from solo.serving.vllm_engine import vllm_device
 from tests import served

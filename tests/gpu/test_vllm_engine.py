@@ -41,13 +41,6 @@ def engine(loop, tiny_model_dir, tiny_lora):  # shut down before its loop closes
     engine.shutdown()
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    from solo.tokens.tokenizer import load
-
-    return load(tiny_model_dir)
-
-
 def prompt(tokenizer, question: str) -> list[int]:
     from solo.tokens.tokenizer import render_chat
 

@@ -8,10 +8,18 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
-from solo.data import stage as data
-from solo.data import classifier as quality_classifier
 from solo.config import REPO_ROOT
-from solo.data.config import BoilerplateConfig, DataConfig, DedupConfig, FilterConfig, InputSpec, QualityClassifierConfig
+from solo.data import classifier as quality_classifier
+from solo.data import stage as data
+from solo.data.config import (
+    BoilerplateConfig,
+    DataConfig,
+    DedupConfig,
+    FilterConfig,
+    InputSpec,
+    QualityClassifierConfig,
+)
+from solo.data.report import EXAMPLES_PER_RULE
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +93,7 @@ def test_boilerplate_language_quality_and_pii_end_to_end(ray_local, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["cleaning"] == {"boilerplate_lines": 2 * len(TOPICS), "pii_email": 1, "pii_ip": 0, "pii_phone": 1}
     assert report["dropped_by_reason"]["lang:de"] == 1 and report["read"] == len(rows)
-    assert all(len(shown) <= data.EXAMPLES_PER_RULE for shown in report["examples"].values())
+    assert all(len(shown) <= EXAMPLES_PER_RULE for shown in report["examples"].values())
     assert "Boilerplate lines removed: 24" in (tmp_path / "out" / "report.md").read_text()
     assert report["dropped_by_reason"]["quality_classifier"] == 1
     assert report["quality_classifier"]["held_out_accuracy"] == 1.0 and report["quality_classifier"]["held_out"] == 30

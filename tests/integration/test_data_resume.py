@@ -8,12 +8,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from solo.data import stage as data
-from solo.data import neardedup
 from solo.config import REPO_ROOT, default_config_path, load_config
+from solo.data import neardedup
+from solo.data import stage as data
 from solo.data.config import DataConfig, DecontamConfig, EvalSetSpec, InputSpec, MixingConfig
-from solo.pipeline import PipelineConfig
-from solo.pipeline import run_pipeline
+from solo.pipeline import PipelineConfig, run_pipeline
 from solo.store import RunStore
 
 pytestmark = pytest.mark.integration

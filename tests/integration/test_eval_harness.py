@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
+from solo.evals.config import EvalConfig
 
 ROOT = EvalConfig().data_path()
 needs_data = pytest.mark.skipif(not (ROOT / "mmlu" / "test").is_dir(), reason=f"no MMLU files at {ROOT}")
@@ -33,7 +33,8 @@ def test_harness_mmlu_agrees_with_ours_question_by_question(lm):
     questions = [q for s in SUBJECTS for q in tasks.mmlu(ROOT, shots=2, subjects=[s])[:12]]
     ours, _ = suite.score_multiple_choice(lm.model, lm.tokenizer, questions, batch_size=8)
     for subject in SUBJECTS:
-        assert results[f"solo_mmlu_{subject}"]["acc,none"] == pytest.approx(ours["per_subject"][subject]["accuracy"], abs=1e-6)
+        assert results[f"solo_mmlu_{subject}"]["acc,none"] == pytest.approx(ours["per_subject"][subject]["accuracy"],
+                                                                            abs=1e-6)
 
 
 @needs_lm_eval

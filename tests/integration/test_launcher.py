@@ -10,12 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from solo.config import REPO_ROOT
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.integration
 # A checkpoint every step: the first launch is stopped after its first, the second saves two more of
@@ -43,14 +43,14 @@ def test_a_stopped_launch_resumes_from_the_folder_checkpoint_on_another_process_
     checkpoints = run / "pretrain.partial" / "checkpoints"
     first = launch(env, processes=2)
     try:
-        deadline = time.monotonic() + 300
-        while not (checkpoints / "latest").exists():
+        def checkpointed() -> bool:
             assert first.poll() is None, first.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.05)
+            return (checkpoints / "latest").exists()
+
+        wait_until(checkpointed, "a checkpoint written", timeout_s=300, every_s=0.05)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        first.wait(timeout=60)
     saved = (checkpoints / "latest").read_text()
     assert (checkpoints / saved / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
     assert not (run / "pretrain").exists()  # stopped before its last step

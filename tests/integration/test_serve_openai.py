@@ -13,9 +13,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from solo.serving.config import ServeConfig
 from solo.errors import SoloError
 from solo.runtime import free_port
+from solo.serving.config import ServeConfig
 from solo.serving.run import serving
 from tests import served
 
@@ -204,8 +204,8 @@ def test_tools_are_offered_and_a_forced_call_obeys_the_function_schema(client):
     arguments = json.loads(call.function.arguments)
     assert call.function.name == "weather" and forced.choices[0].finish_reason == "tool_calls"
     assert arguments["unit"] in ("c", "f") and isinstance(arguments["soon"], bool)
-    streamed = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=WEATHER, max_tokens=48, temperature=0,
-                                              tool_choice="required", stream=True)
+    streamed = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=WEATHER, max_tokens=48,
+                                              temperature=0, tool_choice="required", stream=True)
     calls = [c for chunk in streamed for c in (chunk.choices[0].delta.tool_calls or []) if chunk.choices]
     assert [c.function.name for c in calls] == ["weather"]
 
@@ -213,8 +213,9 @@ def test_tools_are_offered_and_a_forced_call_obeys_the_function_schema(client):
 def test_response_format_json_schema_gives_json_that_matches(client):
     schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
               "required": ["answer", "sure"], "additionalProperties": False}
-    response = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48, temperature=0, response_format={
-        "type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}})
+    response = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48, temperature=0,
+                                              response_format={"type": "json_schema", "json_schema": {
+                                                  "name": "verdict", "schema": schema, "strict": True}})
     value = json.loads(response.choices[0].message.content)
     assert value["answer"] in ("yes", "no") and isinstance(value["sure"], bool)
     with pytest.raises(openai.BadRequestError) as caught:
@@ -255,23 +256,33 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_its_slot
     assert served.scrape(server[1], "solo_generation_tokens_total", MODEL, KEY) - before < budget
 
 
-def test_64_concurrent_clients_all_succeed(server):
+def test_64_concurrent_clients_all_succeed(server, client):
+    """Half streamed, half not, all at once: every one gets the whole greedy answer the model gives a lone
+    request (the CPU engine decodes a batch as each sequence alone), with its usage counted."""
     _, url = server
+    alone = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
+    expected = alone.choices[0].message.content
+    assert expected and alone.usage.completion_tokens >= 1
 
     async def load():
-        async with openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120) as client:
-            async def one(i: int):
+        async with openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120) as concurrent:
+            async def one(i: int) -> tuple[str, int]:
                 if i % 2:
-                    stream = await client.chat.completions.create(
-                        model=MODEL, messages=QUESTION, max_tokens=8, stream=True, seed=i)
-                    return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-                response = await client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, seed=i)
-                return response.choices[0].message.content
+                    stream = await concurrent.chat.completions.create(
+                        model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, stream=True,
+                        stream_options={"include_usage": True})
+                    chunks = [c async for c in stream]
+                    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), \
+                        chunks[-1].usage.completion_tokens
+                response = await concurrent.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8,
+                                                                     temperature=0)
+                return response.choices[0].message.content, response.usage.completion_tokens
 
             return await asyncio.gather(*(one(i) for i in range(64)), return_exceptions=True)
 
     results = asyncio.run(load())
     assert [r for r in results if isinstance(r, BaseException)] == []
+    assert results == [(expected, alone.usage.completion_tokens)] * 64
 
 
 def test_listening_beyond_loopback_without_keys_is_refused(tiny_model_dir, monkeypatch):

@@ -8,12 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from solo.config import REPO_ROOT
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.integration
 PRETRAIN = ["--run", "restart", "--set", "max_steps=8", "--set", "checkpoint_every=2", "--set", "log_every=1",
@@ -67,11 +67,11 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_tokens, tmp_path)
     partial = tmp_path / "runs" / "restart" / "pretrain.partial"
     training = job("pretrain", PRETRAIN, env)
     try:
-        deadline = time.monotonic() + 600
-        while logged_steps(partial / "metrics.csv") < 5:  # past the checkpoint of step 4
+        def past_step_4() -> bool:  # past the checkpoint of step 4
             assert training.poll() is None, training.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "training did not reach step 5"
-            time.sleep(0.5)
+            return logged_steps(partial / "metrics.csv") >= 5
+
+        wait_until(past_step_4, "training reaching step 5", timeout_s=600, every_s=0.5)
         worker = train_worker_of(training.pid)
         assert worker is not None
         os.kill(worker, signal.SIGKILL)

@@ -5,8 +5,8 @@ Real parts: `ray.cluster_utils.Cluster` (a head and an added node), Ray Train, D
 
 import pytest
 
-from solo.train.config import TrainConfig
 from solo.runtime import worker_env
+from solo.train.config import TrainConfig
 
 pytestmark = pytest.mark.integration
 

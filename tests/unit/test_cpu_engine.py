@@ -11,14 +11,10 @@ from transformers import LlamaForCausalLM
 
 from solo.serving.cpu_engine import CpuEngine, penalize
 from solo.serving.engine import Delta, EngineLoad, SamplingParams, in_messages
-from solo.tokens.tokenizer import load, render_chat, stop_token_ids
+from solo.tokens.tokenizer import render_chat, stop_token_ids
+from tests.waits import until
 
 QUESTIONS = ["What does json.dumps do?", "Explain the for statement."]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return load(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +136,9 @@ def test_a_request_joining_a_running_batch_decodes_as_if_alone(tiny_model_dir, t
 
     async def staggered():
         first = asyncio.create_task(collect(engine, long, greedy(30)))
-        while len(sizes) < 5:
-            await asyncio.sleep(0.001)
+        await until(lambda: len(sizes) >= 5, "the first request's fifth forward pass")
         second = asyncio.create_task(collect(engine, short, greedy(30)))
-        while len(sizes) < 12:
-            await asyncio.sleep(0.001)
+        await until(lambda: len(sizes) >= 12, "the twelfth forward pass")
         third = asyncio.create_task(collect(engine, long, greedy(30)))
         return [tokens for tokens, _ in await asyncio.gather(first, second, third)]
 
@@ -180,8 +174,7 @@ def test_a_closed_consumer_stops_its_generation(engine, tokenizer, monkeypatch):
                 pass
 
         task = asyncio.create_task(consume())
-        while len(sizes) < 5:
-            await asyncio.sleep(0.001)
+        await until(lambda: len(sizes) >= 5, "the fifth forward pass")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

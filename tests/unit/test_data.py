@@ -2,8 +2,8 @@ import gzip
 import json
 from pathlib import Path
 
-from solo.data.config import DataConfig, FilterConfig, InputSpec, LanguageConfig
 from solo.data.clean import clean
+from solo.data.config import DataConfig, FilterConfig, InputSpec, LanguageConfig
 from solo.data.normalize import normalize
 from solo.data.read import parse_file
 

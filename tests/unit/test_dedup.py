@@ -11,8 +11,15 @@ from solo.config import REPO_ROOT
 from solo.data.config import DecontamConfig, DedupConfig, EvalSetSpec, MixingConfig
 from solo.data.decontam import build_index, mark_contaminated
 from solo.data.mixing import apply, draw, plan
-from solo.data.neardedup import (jaccard, near_duplicates_in_memory, shared_words, shingle_sequence, shingles, similarity,
-                             verify)
+from solo.data.neardedup import (
+    jaccard,
+    near_duplicates_in_memory,
+    shared_words,
+    shingle_sequence,
+    shingles,
+    similarity,
+    verify,
+)
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 

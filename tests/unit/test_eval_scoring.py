@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from solo.evals.config import EvalConfig
 from solo.evals import suite, tasks
+from solo.evals.config import EvalConfig
 from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import encode_pair, loglikelihoods, text_loglikelihood
 from solo.serving.engine import Delta, Engine
@@ -54,8 +54,8 @@ def test_scorer_picks_the_continuation_the_model_prefers(tiny, tmp_path):
     assert {s["chosen"] for s in samples} == {2}
     expected = sum(q.answer == 2 for q in questions) / len(questions)
     assert metrics["accuracy"] == pytest.approx(expected) and metrics["n"] == 6
-    assert metrics["per_subject"]["anatomy"] == {"accuracy": pytest.approx(1 / 3), "accuracy_norm": pytest.approx(1 / 3),
-                                                  "n": 3}
+    assert metrics["per_subject"]["anatomy"] == {"accuracy": pytest.approx(1 / 3),
+                                                  "accuracy_norm": pytest.approx(1 / 3), "n": 3}
     # Four letters share one input: 6 questions are 6 sequences, in batches of at most 4.
     assert sum(rows for rows, _ in model.calls) == 6 and max(rows for rows, _ in model.calls) == 4
 
@@ -118,7 +118,8 @@ class Scripted(Engine):
     """An engine that answers every prompt with the same text, a token at a time."""
 
     def __init__(self, tokenizer, reply: str):
-        self.max_context, self.reply_ids, self.prompts = 512, tokenizer(reply, add_special_tokens=False)["input_ids"], []
+        self.max_context, self.reply_ids, self.prompts = \
+            512, tokenizer(reply, add_special_tokens=False)["input_ids"], []
 
     async def generate(self, prompt_ids, params):
         self.prompts.append(prompt_ids)
@@ -147,7 +148,8 @@ def test_metrics_are_deterministic_per_task(tiny, tmp_path):
     second = suite.run_tasks(model, tokenizer, config, tmp_path / "b")
     assert first == second
     for name in config.tasks:
-        assert (tmp_path / "a" / name / "metrics.json").read_bytes() == (tmp_path / "b" / name / "metrics.json").read_bytes()
+        assert (tmp_path / "a" / name / "metrics.json").read_bytes() == \
+            (tmp_path / "b" / name / "metrics.json").read_bytes()
         metrics = json.loads((tmp_path / "a" / name / "metrics.json").read_text())
         assert 0 <= metrics["accuracy"] <= 1 and metrics["n"] == (3 if name == "gsm8k" else 4)
         assert metrics["settings"]["seed"] == 0 and metrics["settings"]["max_questions"] == 4

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from solo.config import load_config
-from solo.evals.config import EvalConfig
 from solo.evals import tasks
+from solo.evals.config import EvalConfig
 
 
 def write_benchmarks(root: Path) -> Path:
@@ -27,7 +27,8 @@ def write_benchmarks(root: Path) -> Path:
             for i in range(4):
                 labels = "ABCD" if i % 2 else "123"
                 f.write(json.dumps({"id": f"{split}-{i}", "question": {"stem": f"Why {i}?", "choices": [
-                    {"text": f"because {c}", "label": c} for c in labels]}, "answerKey": labels[i % len(labels)]}) + "\n")
+                    {"text": f"because {c}", "label": c} for c in labels]},
+                                    "answerKey": labels[i % len(labels)]}) + "\n")
     (root / "gsm8k").mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         with (root / "gsm8k" / f"{split}.jsonl").open("w") as f:
@@ -65,8 +66,8 @@ def test_arc_reads_ai2_jsonl_with_number_and_letter_labels(root):
 
 
 @pytest.mark.parametrize("text, number", [
-    ("so 3 + 4 = 7\n#### 7", "7"), ("#### 1,000.", "1000"), ("#### $12", "12"), ("#### -12", "-12"), ("#### 2.5", "2.5"),
-    ("the answer is 7", None), ("#### none", None), ("#### 4\n#### 5", "4"),
+    ("so 3 + 4 = 7\n#### 7", "7"), ("#### 1,000.", "1000"), ("#### $12", "12"), ("#### -12", "-12"),
+    ("#### 2.5", "2.5"), ("the answer is 7", None), ("#### none", None), ("#### 4\n#### 5", "4"),
 ])
 def test_gsm8k_answer_is_the_number_after_the_marker(text, number):
     assert tasks.gsm8k_answer(text) == number

@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from solo.data import pii
-from solo.data import quality
+from solo.data import pii, quality
 from solo.data.boilerplate import line_key, line_keys, remove_lines
-from solo.data.config import C4Config, DataConfig, FilterConfig, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig, InputSpec, LanguageConfig, PIIConfig
 from solo.data.clean import clean
+from solo.data.config import (
+    C4Config,
+    DataConfig,
+    FilterConfig,
+    FineWebConfig,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    InputSpec,
+    LanguageConfig,
+    PIIConfig,
+)
 from solo.data.language import language_reason
 
 WEBTEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "webtext"
@@ -158,8 +167,12 @@ def test_clean_runs_rules_in_order_and_skips_them_for_code_inputs():
 @pytest.mark.skipif(not WEBTEXT.is_dir(), reason="needs ../shared/data/webtext")
 def test_decisions_agree_with_datatrove_on_real_documents():
     from datatrove.data import Document
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     with open(WEBTEXT / "c4_en_train_first1000.jsonl") as f:
         texts = [json.loads(line)["text"] for _, line in zip(range(12), f)]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from solo.config import checkout_root, load_config
-from solo.train.config import FinetuneConfig
 from solo.runtime import worker_env
+from solo.train.config import FinetuneConfig
 from solo.train.engines import deepspeed_config
 from solo.train.job import TrainJob
 from solo.train.loop import train_worker
@@ -22,8 +22,8 @@ ALPACA = (checkout_root() / "../shared/data/alpaca/alpaca_5000.json").resolve()
 
 
 def alpaca_rows(tokenizer_dir: Path, config: FinetuneConfig, folder: Path) -> Path:
-    from solo.train.sft import build_sft_rows
     from solo.tokens.tokenizer import load
+    from solo.train.sft import build_sft_rows
 
     build_sft_rows(load(tokenizer_dir), config, folder, val_fraction=0.1)
     return folder
@@ -67,7 +67,8 @@ def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_d
     train_worker(job(resumed), picked_sink(tmp_path / "ckpt2", resume_from=tmp_path / "ckpt" / "step_1"))
     from safetensors.torch import load_file
 
-    a, b = load_file(adapter / "adapter_model.safetensors"), load_file(resumed / "adapter" / "adapter_model.safetensors")
+    a, b = load_file(adapter / "adapter_model.safetensors"), \
+        load_file(resumed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B starts at zero: it learned
 
@@ -84,9 +85,10 @@ def test_qlora_run_saves_peft_adapters_resumes_and_merges(tmp_path, tiny_model_d
 
 
 def test_a_target_module_the_model_lacks_is_named_before_any_worker_starts(tiny_model_dir):
-    from solo.train.adapters import check_target_modules
     from solo.errors import SoloError
+    from solo.train.adapters import check_target_modules
 
     check_target_modules(tiny_model_dir, load_config(FinetuneConfig, None, ["method=lora"]))
     with pytest.raises(SoloError, match="c_attn not in .*its Linear modules: down_proj"):
-        check_target_modules(tiny_model_dir, load_config(FinetuneConfig, None, ["lora.target_modules=[q_proj, c_attn]"]))
+        check_target_modules(tiny_model_dir,
+                             load_config(FinetuneConfig, None, ["lora.target_modules=[q_proj, c_attn]"]))

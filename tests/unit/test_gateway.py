@@ -2,56 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from solo.serving.engine import Delta, Engine, SamplingParams
 from solo.serving.detokenize import TextStream
+from solo.serving.engine import Engine
 from solo.serving.http.app import build_gateway
 from solo.serving.http.service import ServedModel
-from solo.tokens.tokenizer import END_OF_TURN, load, render_chat, stop_token_ids
+from solo.tokens.tokenizer import END_OF_TURN, render_chat, stop_token_ids
+from tests.api import MODEL, USER, assert_error, events
+from tests.fakes import FakeEngine
 
-MODEL = "tiny"
 ANSWER = "Héllo wörld — naïve café ✓ 日本語 done."
-USER = [{"role": "user", "content": "Say hello."}]
-
-
-class FakeEngine(Engine):
-    """Plays back `script` one token per delta, as a real engine would, and records each call."""
-
-    def __init__(self, script: list[int], max_context: int = 256, fail_after: int | None = None):
-        self.script = script
-        self.max_context = max_context
-        self.fail_after = fail_after
-        self.calls: list[tuple[list[int], SamplingParams]] = []
-        self.closed_early = False
-
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        self.calls.append((prompt_ids, params))
-        steps = self.script[:params.max_tokens]
-        done = False
-        try:
-            for i, token in enumerate(steps):
-                if self.fail_after is not None and i == self.fail_after:
-                    raise RuntimeError("engine exploded at /secret/path.py line 7")
-                if token in params.stop_token_ids:
-                    done = True
-                    yield Delta([token], "stop")
-                    return
-                last = i == len(steps) - 1
-                done = last
-                yield Delta([token], "length" if last else None)
-        finally:
-            self.closed_early = not done
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return load(tiny_model_dir)
 
 
 @pytest.fixture
@@ -66,31 +30,12 @@ def client_for(engine: Engine, tokenizer, max_new_tokens: int = 64) -> TestClien
                       raise_server_exceptions=False)
 
 
-def events(response) -> list:
-    """The SSE payloads of a response, `[DONE]` as a string, each one checked for framing."""
-    assert response.headers["content-type"].startswith("text/event-stream")
-    blocks = response.text.split("\n\n")
-    assert blocks[-1] == "", "the stream must end with a blank line"
-    out = []
-    for block in blocks[:-1]:
-        assert block.startswith("data: "), block
-        payload = block[len("data: "):]
-        out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
 
 
 def post(client: TestClient, **body):
     return client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **body})
 
 
-def assert_error(response, status: int, type_: str = "invalid_request_error", param=None, code=None) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    error = body["error"]
-    assert error["type"] == type_ and error["param"] == param and error["code"] == code, error
-    assert error["message"] and "Traceback" not in error["message"]
-    return error
 
 
 # ---------------------------------------------------------------- happy paths

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from solo.train import planner
 from solo.cli.main import main
 from solo.cli.plan import render, strategy_yaml
 from solo.config import ConfigError, load_config
-from solo.train.config import FinetuneConfig, StrategyConfig, TrainConfig
-from solo.train.presets import PRESETS, llama_config, parameter_count
+from solo.train import planner
 from solo.train.auto_strategy import resolve_auto_strategy
+from solo.train.config import FinetuneConfig, StrategyConfig, TrainConfig
 from solo.train.job import TrainJob
+from solo.train.presets import PRESETS, llama_config, parameter_count
 
 GB = 1024**3
 USABLE = 1 - planner.MEMORY_MARGIN

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from solo.data import classifier as quality_classifier
-from solo.data.config import DataConfig, FilterConfig, QualityClassifierConfig
 from solo.data.clean import clean
+from solo.data.config import DataConfig, FilterConfig, QualityClassifierConfig
 from solo.errors import SoloError
 
 WEBTEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "webtext"

@@ -18,16 +18,17 @@ from pydantic import ValidationError
 
 from solo.cli.main import parse_args
 from solo.cli.serve import serve_config
-from solo.serving.config import ServeConfig, ServedModelConfig
 from solo.errors import SoloError
+from solo.runtime import free_port
 from solo.serving import deployment as planning
+from solo.serving.config import ServeConfig, ServedModelConfig
+from solo.serving.deployment import deployment_options, pick_engine, plan_models, replica_cpus_needed
 from solo.serving.http.app import build_gateway
 from solo.serving.http.service import ServedModel
-from solo.serving.deployment import deployment_options, pick_engine, plan_models, replica_cpus_needed
-from solo.runtime import free_port
 from solo.serving.run import check_resources, wait_until_healthy
 from solo.serving.vllm_engine import max_lora_rank, to_delta
-from tests.unit.test_gateway import USER, FakeEngine
+from tests.api import USER
+from tests.fakes import FakeEngine
 
 
 def model_folder(root: Path, name: str) -> Path:
@@ -202,13 +203,6 @@ def test_waiting_for_a_server_ends_when_its_process_exits():
 
 
 # ---------------------------------------------------------------- the gateway over several models
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    from solo.tokens.tokenizer import load
-
-    return load(tiny_model_dir)
 
 
 def test_the_gateway_routes_by_model_and_lists_adapters_with_their_parent(tokenizer):

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -20,16 +18,11 @@ from solo.serving.http.service import ServedModel
 from solo.serving.security import Limits, RateLimiter, digest, read_key_digests
 from solo.serving.tools import ToolCallStream
 from solo.tokens.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
-from tests.unit.test_gateway import MODEL, USER, FakeEngine, assert_error, events
+from tests.api import MODEL, USER, assert_error, events
+from tests.fakes import FakeEngine
+from tests.waits import until, wait_until
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    from solo.tokens.tokenizer import load
-
-    return load(tiny_model_dir)
 
 
 def gateway(engine, tokenizer, **limits) -> TestClient:
@@ -163,8 +156,7 @@ def test_beyond_max_queue_generations_get_a_503(tokenizer):
 
         async def generate(self, prompt_ids, params):
             self.waiting += 1
-            while not self.release.is_set():
-                await asyncio.sleep(0.01)
+            await until(self.release.is_set, "the test releasing the held generations")
             async for delta in super().generate(prompt_ids, params):
                 yield delta
 
@@ -176,8 +168,7 @@ def test_beyond_max_queue_generations_get_a_503(tokenizer):
 
     with ThreadPoolExecutor(2) as pool:
         held = [pool.submit(send) for _ in range(2)]
-        while engine.waiting < 2:
-            time.sleep(0.01)
+        wait_until(lambda: engine.waiting == 2, "two generations in flight")
         refused = send()
         engine.release.set()
         assert [f.result().status_code for f in held] == [200, 200]
@@ -275,7 +266,8 @@ class Scored(FakeEngine):
         async for delta in super().generate(prompt_ids, params):
             if params.logprobs is not None:
                 (token,) = delta.token_ids
-                delta = replace(delta, logprobs=[TokenLogprob(token, -0.5, [(token, -0.5), (7, -1.5)][:params.logprobs])])
+                delta = replace(delta,
+                                logprobs=[TokenLogprob(token, -0.5, [(token, -0.5), (7, -1.5)][:params.logprobs])])
             yield delta
 
 
@@ -294,7 +286,8 @@ def test_logprobs_in_chat_and_completions_streamed_and_not(tokenizer):
     chunks = [c for c in events(client.post("/v1/chat/completions", json={
         "model": MODEL, "messages": USER, "logprobs": True, "stream": True})) if c != "[DONE]"]
     streamed = [e for c in chunks if c["choices"][0].get("logprobs") for e in c["choices"][0]["logprobs"]["content"]]
-    assert [e["token"] for e in streamed] == [e["token"] for e in content] and all(not e["top_logprobs"] for e in streamed)
+    assert [e["token"] for e in streamed] == [e["token"] for e in content] and \
+        all(not e["top_logprobs"] for e in streamed)
     legacy = client.post("/v1/completions", json={"model": MODEL, "prompt": "Once", "logprobs": 1}).json()
     logprobs = legacy["choices"][0]["logprobs"]
     assert "".join(logprobs["tokens"]) == legacy["choices"][0]["text"] == text

@@ -6,13 +6,13 @@ import torch
 from transformers import LlamaForCausalLM
 
 from solo.data import corpus
+from solo.errors import SoloError
 from solo.tokens import tokenizer as tok
 from solo.tokens import train_bpe as bpe
+from solo.tokens.shards import IGNORE, ShardWriter, TokenShards
 from solo.train.chat_formats import SkipCounts, read_conversations
-from solo.errors import SoloError
 from solo.train.presets import llama_config
 from solo.train.sft import RowPacker, build_sft_rows, masked_tokens
-from solo.tokens.shards import IGNORE, ShardWriter, TokenShards
 
 MESSAGES = [{"role": "user", "content": "What does len do?"},
             {"role": "assistant", "content": "Return the number of items in a container."}]
@@ -61,7 +61,8 @@ def test_a_conversation_with_no_assistant_token_left_is_skipped(tmp_path):
 TOOL_CONVERSATION = {"messages": [
     {"role": "user", "content": "Weather in Oslo?"},
     {"role": "assistant", "content": None,
-     "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+     "tool_calls": [{"id": "c1", "type": "function",
+                     "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
     {"role": "tool", "tool_call_id": "c1", "content": "{\"celsius\": 3}"},
     {"role": "assistant", "content": "It is 3 °C in Oslo."}],
     "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]}

@@ -84,5 +84,6 @@ def test_adapters_are_registered_by_name_and_replaced_whole(tmp_path, monkeypatc
     folder, registered = find_adapter("chat")
     assert folder == tmp_path / "home" / "adapters" / "chat"
     assert (folder / "adapter_config.json").read_text() == "2"
-    assert registered.method == "qlora" and registered.base_model == "/models/base" and registered.metrics == {"loss": 1.5}
+    assert registered.method == "qlora" and registered.base_model == "/models/base" and \
+        registered.metrics == {"loss": 1.5}
     assert sorted(p.name for p in folder.parent.iterdir()) == ["chat"]  # nothing half-written left beside it

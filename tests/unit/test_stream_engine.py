@@ -15,17 +15,17 @@ import cpuinfo
 import pytest
 import torch
 
+from solo.config import load_config
+from solo.errors import SoloError
 from solo.runtime import worker_env
+from solo.train.checkpoints import check_resumable
+from solo.train.config import FinetuneConfig, TrainConfig
+from solo.train.job import TrainJob
+from solo.train.loop import train_worker
 
+# As a Ray worker has them, before DeepSpeed first loads: its CPU accelerator, the compiled-op cache.
 for key, value in worker_env().items():
     os.environ.setdefault(key, value)
-
-from solo.config import load_config
-from solo.train.config import FinetuneConfig, TrainConfig  # noqa: E402
-from solo.errors import SoloError  # noqa: E402
-from solo.train.checkpoints import check_resumable  # noqa: E402
-from solo.train.job import TrainJob
-from solo.train.loop import train_worker  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +88,8 @@ def test_optimizer_step_overlaps_the_next_forward_and_changes_no_bit(monkeypatch
     the head's update (the overlap)."""
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-    from solo.train.stream import StreamEngine
     from solo.train.loop import learning_rate
+    from solo.train.stream import StreamEngine
 
     config = load_config(TrainConfig, None, ["optim.warmup_steps=2", "max_steps=3"])
     model = tiny_llama()
@@ -177,13 +177,13 @@ def test_an_error_in_the_background_optimizer_step_is_raised_in_the_training_thr
     with pytest.raises(RuntimeError, match="the CPU Adam kernel failed"):
         engine(**micro_batch(2))  # waits for the embedding's update
     with pytest.raises(RuntimeError, match="the CPU Adam kernel failed"):
-        engine.module  # and whatever reads the weights, again
+        _ = engine.module  # and whatever reads the weights, again
 
 
 def token_rows(tokenizer_dir: Path, folder: Path) -> Path:
     from solo.data import corpus
-    from solo.tokens.tokenizer import load
     from solo.tokens.shards import ShardWriter, pack, token_dtype
+    from solo.tokens.tokenizer import load
 
     tokenizer = load(tokenizer_dir)
     documents = [tokenizer.encode(d["text"]) for d in corpus.documents(max_documents=12)]

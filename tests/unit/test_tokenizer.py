@@ -40,7 +40,8 @@ def test_digits_are_split(trained):
 def test_mask_covers_exactly_the_assistant_turns(trained):
     ids, mask = tok.render_chat(trained, CONVERSATION)
     learned = trained.decode([i for i, m in zip(ids, mask) if m])
-    assert learned == ("42.<|end|>" '<|tool_call|>{"name": "weather", "arguments": {"city": "Paris"}}<|/tool_call|><|end|>'
+    assert learned == ("42.<|end|>"
+                       '<|tool_call|>{"name": "weather", "arguments": {"city": "Paris"}}<|/tool_call|><|end|>'
                        "It is 21 °C.<|end|>")
     not_learned = trained.decode([i for i, m in zip(ids, mask) if not m])
     assert "Check the weather" in not_learned and "42." not in not_learned

@@ -9,11 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from solo.data import corpus
+from solo.data import corpus, read
+from solo.data.config import InputSpec
 from solo.tokens import tokenizer as tok
 from solo.tokens import train_bpe as bpe
-from solo.data import read
-from solo.data.config import InputSpec
 from solo.tokens.config import TokenizerConfig
 from solo.tokens.shards import is_validation
 
@@ -69,9 +68,11 @@ def test_raw_documents_read_every_format_the_data_stage_reads(tmp_path):
     (folder / "c.txt").write_text("Plain text file")
     pq.write_table(pa.table({"id": ["p1", "p2"], "text": ["Parquet row", None]}), folder / "d.parquet")
     got = list(read.raw_documents([InputSpec(path=str(folder), domain="mine")]))
-    assert [text for _, text, _ in got] == ["Hello world", "Second", "From a JSON list", "Plain text file", "Parquet row"]
+    assert [text for _, text, _ in got] == ["Hello world", "Second", "From a JSON list", "Plain text file",
+                                            "Parquet row"]
     assert {d for _, _, d in got} == {"mine"} and got[0][0] == "a1"
-    assert len(list(read.raw_documents([InputSpec(path=str(folder), max_documents=3)]))) == 3  # corrupt ones not counted
+    assert len(list(read.raw_documents([InputSpec(path=str(folder),
+                                                  max_documents=3)]))) == 3  # corrupt ones not counted
 
 
 def test_stage_writes_a_tokenizer_and_a_report_beside_plain_bpe(tmp_path, texts):
@@ -109,8 +110,7 @@ def test_train_tokenizer_job_reads_raw_inputs(tmp_path, monkeypatch, capsys, tex
 
 
 def test_pipeline_stage_trains_on_the_prepared_data(tmp_path, texts):
-    from solo.pipeline import PipelineConfig
-    from solo.pipeline import StageContext, run_tokenizer
+    from solo.pipeline import PipelineConfig, StageContext, run_tokenizer
 
     prepared = tmp_path / "data"
     (prepared / "data").mkdir(parents=True)
@@ -125,8 +125,7 @@ def test_pipeline_stage_trains_on_the_prepared_data(tmp_path, texts):
 
 
 def test_the_tokenizer_stage_reruns_when_the_held_out_split_changes_and_only_then():
-    from solo.pipeline import PipelineConfig
-    from solo.pipeline import STAGE_BY_NAME, _config_hash
+    from solo.pipeline import STAGE_BY_NAME, PipelineConfig, _config_hash
 
     stage, base = STAGE_BY_NAME["tokenizer"], PipelineConfig()
     changed = base.model_copy(update={"tokenize": base.tokenize.model_copy(update={"val_fraction": 0.2})})

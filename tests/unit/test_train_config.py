@@ -2,13 +2,13 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from solo.train.checkpoints import checkpoint_workers, convert_for_worker_count, newest_checkpoint, resumes_universal
 from solo.config import load_config
-from solo.train.config import TrainConfig
 from solo.errors import SoloError
-from solo.train.presets import PRESETS, flops_per_token, llama_config, parameter_count
+from solo.train.checkpoints import checkpoint_workers, convert_for_worker_count, newest_checkpoint, resumes_universal
+from solo.train.config import TrainConfig
 from solo.train.engines import deepspeed_config
 from solo.train.loop import checkpoint_due, learning_rate
+from solo.train.presets import PRESETS, flops_per_token, llama_config, parameter_count
 
 
 def test_deepspeed_config_is_generated_from_ours():
@@ -56,7 +56,8 @@ def test_parameter_count_matches_the_real_model(preset):
 
 def test_checkpoint_due_on_steps_last_step_or_elapsed_minutes():
     by_steps = load_config(TrainConfig, None, ["max_steps=100", "checkpoint_every=10"])
-    assert [s for s in range(1, 101) if checkpoint_due(s, by_steps, minutes_since_save=99.0)] == list(range(10, 101, 10))
+    assert [s for s in range(1, 101) if checkpoint_due(s, by_steps, minutes_since_save=99.0)] == \
+        list(range(10, 101, 10))
     timed = load_config(TrainConfig, None, ["max_steps=100", "checkpoint_every=50",
                                             "checkpoint_every_minutes=5"])
     assert not checkpoint_due(7, timed, minutes_since_save=4.9)
@@ -93,7 +94,8 @@ def test_a_checkpoint_from_another_worker_count_resumes_only_through_its_univers
 def test_the_worker_count_does_not_change_the_stage_fingerprint():
     two, one = (load_config(TrainConfig, None, [f"workers={w}", "micro_batch=2", "global_batch=8"]) for w in (2, 1))
     assert two.fingerprint() == one.fingerprint()
-    assert two.fingerprint() != load_config(TrainConfig, None, ["workers=2", "micro_batch=4", "global_batch=8"]).fingerprint()
+    assert two.fingerprint() != load_config(TrainConfig, None,
+                                            ["workers=2", "micro_batch=4", "global_batch=8"]).fingerprint()
 
 
 def test_nvme_offload_generates_deepspeed_nvme_sections(tmp_path):

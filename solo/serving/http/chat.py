@@ -110,7 +110,8 @@ class ChatService:
                     yield chunk(DeltaMessage(content=content))
                 if calls:
                     first = len(tools.calls) - len(calls)
-                    yield chunk(DeltaMessage(tool_calls=[ToolCallDelta(index=first + i, id=call.id, function=call.function)
+                    yield chunk(DeltaMessage(tool_calls=[ToolCallDelta(index=first + i, id=call.id,
+                                                                       function=call.function)
                                                          for i, call in enumerate(calls)]))
                 if final:
                     yield chunk(DeltaMessage(), _chat_finish(piece.finish_reason, bool(tools and tools.calls)))

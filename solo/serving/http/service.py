@@ -169,7 +169,8 @@ class ModelService:
                     produced += len(delta.token_ids)
                     piece = text.push(delta.token_ids, final=delta.finish_reason is not None)
                     finish = "stop" if text.stopped else delta.finish_reason
-                    yield Piece(piece, finish, produced, [lp for lp in delta.logprobs or [] if lp.token_id not in hidden])
+                    yield Piece(piece, finish, produced,
+                                [lp for lp in delta.logprobs or [] if lp.token_id not in hidden])
                     if finish is not None:
                         return
             raise RuntimeError("the engine ended a generation without a finish reason")
