@@ -19,6 +19,7 @@ def main_guard(main: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs) or 0
         except SoloError as error:
+            _leave_ray()
             print(f"solo: {error}", file=sys.stderr, flush=True)
             return 2
         except KeyboardInterrupt:
@@ -26,3 +27,11 @@ def main_guard(main: Callable[..., int | None]) -> Callable[..., int]:
             return 130
 
     return guarded
+
+
+def _leave_ray() -> None:
+    """Leave the Ray cluster this process joined, if any (stopping a private one), so that the lines its
+    workers still send stop before the error is printed: the error is the last line the user sees."""
+    ray = sys.modules.get("ray")  # not imported here: a command that never used Ray should not load it
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

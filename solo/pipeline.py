@@ -24,7 +24,7 @@ from pydantic import Field
 
 from solo.config import Schema
 from solo.data.config import DataConfig
-from solo.data.read import prepared_documents, raw_documents
+from solo.data.read import check_inputs, prepared_documents, raw_documents
 from solo.data.stage import prepare
 from solo.errors import SoloError
 from solo.evals.config import EvalConfig
@@ -270,7 +270,8 @@ def execute(stage: Stage, config: PipelineConfig, run: RunStore, inputs: dict[st
 def run_pipeline(config: PipelineConfig, run: RunStore, until: str | None = None) -> dict[str, Manifest]:
     """Run every stage in order (up to `until`); returns each stage's manifest."""
     done: dict[str, Manifest] = {}
-    raw_keys = raw_input_keys(config)  # a missing input fails here, before Ray starts
+    raw_keys = raw_input_keys(config)  # a missing or unreadable input fails here, before Ray starts
+    check_inputs(config.data)
     migrate_run(run)
     init_ray()
     print(f"run {config.run}: {run.root}", flush=True)
@@ -292,6 +293,7 @@ def run_stage(name: str, config: PipelineConfig, run: RunStore, inputs: dict[str
     migrate_run(run)
     if from_raw_inputs or name == "data":
         folders, keys = {}, raw_input_keys(config)
+        check_inputs(config.data)
     else:
         folders = {n: run.stage_dir(n) for n in stage.upstream}
         folders.update(inputs or {})

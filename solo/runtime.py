@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import ray
+import ray._private.services as services
 import torch
 import torch.distributed as dist
 from ray._raylet import Config
 
+from solo import faults
 from solo.config import checkout_root
 from solo.errors import SoloError
 from solo.store import solo_home, torch_extensions_dir
@@ -48,6 +50,9 @@ def worker_env() -> dict[str, str]:
     }
     if not cuda_available():
         env["DS_ACCELERATOR"] = "cpu"
+    for name in (faults.ENV, faults.STATE_ENV):  # a test's injected faults reach the workers too
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     return env
 
 
@@ -152,7 +157,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     address = cluster_address()
     runtime_env = {"env_vars": env}
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        start_private_ray(num_cpus, env)
         return
     # Ray 2.60 turns token authentication on for a local head, and a client must say so to join one (a
     # private local Ray turns it on by itself, so there the mode is left alone). Ray read the mode when it
@@ -167,3 +172,40 @@ def init_ray(num_cpus: int | None = None) -> None:
     except ConnectionError:
         raise SoloError(f"no Ray cluster answers at {address}: start one with `solo up`, "
                         f"or remove the stale {cluster_file()}") from None
+
+
+# Ray waits 30 s for a new node's raylet to register (ray/_private/node.py), not a setting; on a machine busy
+# with other work that is too short, so a private Ray gets this many tries before solo gives up.
+RAY_START_TRIES = 3
+RAY_NODE_START_WAIT_S = 30
+
+
+def start_private_ray(num_cpus: int | None, env: dict[str, str]) -> None:
+    """A Ray of this process's own, for its life. Its GCS port is chosen here and given, as RAY_ADDRESS, to
+    every process the cluster starts: Ray's own helpers (Ray Train's placement-group cleaner, say) look for
+    "the" Ray on this machine otherwise, and with another one running would talk to that one."""
+    for attempt in range(1, RAY_START_TRIES + 1):
+        address = f"{services.get_node_ip_address()}:{free_port()}"
+        pinned = {"RAY_GCS_SERVER_PORT": address.rsplit(":", 1)[1], "RAY_ADDRESS": address}
+        saved = {name: os.environ.get(name) for name in pinned}
+        os.environ.update(pinned)  # what the GCS, the raylet and through it every worker inherit
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     runtime_env={"env_vars": {**env, "RAY_ADDRESS": address}})
+            return
+        except Exception as error:  # Ray raises a bare Exception when its node does not come up in time
+            if "timed out during startup" not in str(error):
+                raise
+            ray.shutdown()
+            if attempt == RAY_START_TRIES:
+                raise SoloError(f"Ray's node did not start on this machine in {RAY_START_TRIES} tries of "
+                                f"{RAY_NODE_START_WAIT_S} s: the machine is too busy now. Try again when it is "
+                                "quieter, or start Ray once with `solo up` and run jobs on it") from None
+            print(f"Ray's node did not start within {RAY_NODE_START_WAIT_S} s (a busy machine?): trying again "
+                  f"({attempt + 1} of {RAY_START_TRIES})", file=sys.stderr, flush=True)
+        finally:
+            for name, value in saved.items():  # this process talks to its Ray through `ray`, not these
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

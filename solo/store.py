@@ -69,6 +69,9 @@ class Manifest(BaseModel):
     duration_s: float | None = None
     restarts: list[Restart] = Field(default_factory=list)
     error: str | None = None
+    failure: Literal["mistake", "crash", "interrupted"] | None = Field(
+        default=None, description="why a failed stage stopped: a mistake to fix (SoloError: retrying cannot "
+                                  "help), a crash (anything else), or an interruption (Ctrl-C)")
 
     def key(self) -> str:
         """What a downstream stage records of this one: changes whenever this stage or its inputs do."""
@@ -193,6 +196,8 @@ def staged_output(final: Path, manifest: Manifest) -> Iterator[Path]:
     except BaseException as exc:
         manifest.status = "failed"
         manifest.error = f"{type(exc).__name__}: {exc}"[:2000]
+        manifest.failure = ("mistake" if isinstance(exc, SoloError) else
+                            "interrupted" if isinstance(exc, KeyboardInterrupt) else "crash")
         manifest.finished_at = time.time()
         write_manifest(partial, manifest)
         raise

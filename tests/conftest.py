@@ -14,6 +14,7 @@ from solo.runtime import join_one_process_group
 from solo.tokens.shards import ShardWriter, is_validation, pack, token_dtype
 from solo.tokens.tokenizer import load, stop_token_ids
 from solo.tokens.train_bpe import train_bpe
+from solo.train.checkpoints import resume_from
 from solo.train.presets import llama_config
 
 
@@ -118,7 +119,7 @@ class PickedCheckpointSink:
         self.root, self.resume_from = root, resume_from
 
     def latest(self):
-        return self.resume_from
+        return resume_from(self.resume_from) if self.resume_from is not None else None
 
     def save(self, engine, step, client_state, metrics, exclude_frozen=False):
         engine.save_checkpoint(str(self.root / f"step_{step}"), tag=f"step_{step:08d}", client_state=client_state,

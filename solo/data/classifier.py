@@ -24,9 +24,9 @@ import numpy as np
 
 from solo.config import checkout_root
 from solo.data.config import InputSpec, QualityClassifierConfig
+from solo.data.files import parse_file, resolve_files
 from solo.data.ngrams import ngram_hashes, word_hashes, words
 from solo.data.normalize import normalize
-from solo.data.read import parse_file, resolve_files
 from solo.errors import SoloError
 
 MODEL_FILE = "quality_classifier.npz"

@@ -1,12 +1,11 @@
-"""The one reader of raw inputs: files of text, jsonl, json or parquet (gzipped too), a folder of them, or the
-embedded corpus; each becomes records `{id, text, domain, reason, duplicate_of}`, a corrupt one with its
-reason (`corrupt:<why>`) rather than an error. Both a Ray Data stream (the data stage) and a plain iterator
-(the tokenizer trained on raw files) read through here, by the same rules."""
+"""The one reader of raw inputs: files of text, jsonl, json or parquet (gzipped or zstd-compressed too), a
+folder of them, or the embedded corpus, each record `{id, text, domain, reason, duplicate_of, source}`
+(solo.data.files). Both a Ray Data stream (the data stage) and a plain iterator (the tokenizer trained
+on raw files) read through here, by the same rules; `check_inputs` looks at every input before either
+starts, so that a mistake (no such field, nothing to read) is one clear line, not a failed Ray job."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -19,138 +18,152 @@ import ray.data
 
 from solo.data import corpus
 from solo.data.config import DataConfig, InputSpec
+from solo.data.files import (
+    damaged_file,
+    decompress,
+    head,
+    input_format,
+    is_text_input,
+    parquet_records,
+    parse_file,
+    record,
+    resolve_files,
+)
 from solo.data.normalize import normalize
 from solo.errors import SoloError
 
-_TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text"}
-
-
-def _record(id_: str, text: str, domain: str, reason: str = "") -> dict:
-    return {"id": id_, "text": text, "domain": domain, "reason": reason, "duplicate_of": ""}
-
-
-def _stable_id(*parts: str) -> str:
-    return hashlib.sha1("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def _input_format(spec: InputSpec, path: Path) -> str:
-    if spec.format != "auto":
-        return spec.format
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
-    if name.endswith(".json"):
-        return "json"
-    if name.endswith(".parquet"):
-        return "parquet"
-    return "text"
-
-
-def resolve_files(spec: InputSpec) -> list[Path]:
-    path = Path(spec.path).expanduser()
-    if not path.exists():
-        raise SoloError(f"input {spec.path} does not exist: pass an existing file or folder, or `embedded`")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise SoloError(f"input folder {spec.path} has no files")
-    return files
-
-
-def parse_file(spec: InputSpec, path: Path, payload: bytes) -> list[dict]:
-    """Records of one file; corrupt ones come back with reason `corrupt:<why>`."""
-    fmt = _input_format(spec, path)
-    if payload[:2] == b"\x1f\x8b":  # still gzipped (Ray decompresses by extension, not by content)
-        try:
-            payload = gzip.decompress(payload)
-        except (OSError, EOFError) as e:
-            return [_record(_stable_id(str(path)), "", spec.domain, f"corrupt:gzip:{e}")]
-    if fmt == "text" and path.suffix.lower() not in _TEXT_SUFFIXES | {".gz", ""} and spec.format == "auto":
-        return []  # a folder of text may hold images, archives: they are not text inputs
-    if fmt == "text":
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return [_record(_stable_id(str(path)), "", spec.domain, f"corrupt:utf8:{e.reason}")]
-        return [_record(_stable_id(str(path)), text, spec.domain)]
-    if fmt == "json":
-        try:
-            rows = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return [_record(_stable_id(str(path)), "", spec.domain, f"corrupt:json:{e}")]
-        rows = rows if isinstance(rows, list) else [rows]
-        return [_from_row(spec, path, i, row) for i, row in enumerate(rows)]
-    records = []
-    for i, line in enumerate(payload.split(b"\n")):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            records.append(_record(_stable_id(str(path), str(i)), "", spec.domain, f"corrupt:json:{e}"))
-            continue
-        records.append(_from_row(spec, path, i, row))
-    return records
-
-
-def _from_row(spec: InputSpec, path: Path, index: int, row: object) -> dict:
-    if not isinstance(row, dict):
-        return _record(_stable_id(str(path), str(index)), "", spec.domain, "corrupt:not_an_object")
-    text = row.get(spec.text_field)
-    if not isinstance(text, str):
-        return _record(_stable_id(str(path), str(index)), "", spec.domain, f"corrupt:no_{spec.text_field}")
-    given = row.get(spec.id_field) if spec.id_field else None
-    id_ = str(given) if given not in (None, "") else _stable_id(str(path), str(index))
-    return _record(id_, text, spec.domain)
+CHECKED_BYTES = 1 << 20  # of each jsonl file: its first records say whether the fields are there
+CHECKED_RECORDS = 100
 
 
 def read_inputs(config: DataConfig):
-    """One Ray Dataset of records `{id, text, domain, reason, duplicate_of}` over all inputs."""
+    """One Ray Dataset of records over all inputs."""
     datasets = []
     for spec in config.inputs:
         if spec.path == "embedded":
             docs = corpus.documents(spec.max_documents)
-            records = [_record(d["id"], d["text"], spec.domain) for d in docs]
+            records = [record(d["id"], d["text"], spec.domain, source="embedded") for d in docs]
             # A block per ~2 MB of text: thousands of tiny blocks cost more to schedule than to clean.
             blocks = max(1, sum(len(r["text"]) for r in records) // 2_000_000)
             datasets.append(ray.data.from_items(records, override_num_blocks=blocks))
             continue
         files = resolve_files(spec)
-        parquet = [f for f in files if _input_format(spec, f) == "parquet"]
+        parquet = [f for f in files if input_format(spec, f) == "parquet"]
         others = [str(f) for f in files if f not in parquet]
-        if parquet:
-            ds = ray.data.read_parquet([str(f) for f in parquet])
+        readable, damaged = _parquet_files(spec, parquet)
+        if readable:
+            ds = ray.data.read_parquet([str(f) for f in readable], include_paths=True)
             datasets.append(ds.map_batches(_ParquetRows(spec), batch_format="pyarrow"))
+        if damaged:
+            datasets.append(ray.data.from_items(damaged))
         if others:
-            ds = ray.data.read_binary_files(others, include_paths=True)
-            datasets.append(ds.flat_map(lambda row, spec=spec: parse_file(spec, Path(row["path"]), row["bytes"])))
+            # Each task reads its files' bytes itself, so that parse_file decompresses them (and salvages a
+            # damaged one): Ray's binary reader decompresses by file name, and fails the whole read on a
+            # truncated .gz.
+            ds = ray.data.from_items([{"path": path} for path in others], override_num_blocks=len(others))
+            datasets.append(ds.flat_map(lambda row, spec=spec: parse_file(spec, Path(row["path"]),
+                                                                            Path(row["path"]).read_bytes())))
         if spec.max_documents is not None:
             datasets[-1] = datasets[-1].limit(spec.max_documents)
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
-def parquet_records(spec: InputSpec, table: pa.Table | pa.RecordBatch) -> list[dict]:
-    """Records of a parquet table or batch: the id column where the row has one, else a hash of the input and
-    the text; a row whose text is missing or not a string is `corrupt:no_<text_field>`."""
-    if spec.text_field not in table.schema.names:
-        raise SoloError(f"parquet input {spec.path} has no column {spec.text_field!r}")
-    texts = table.column(spec.text_field).to_pylist()
-    ids = (table.column(spec.id_field).to_pylist()
-           if spec.id_field and spec.id_field in table.schema.names else [None] * len(texts))
-    return [_record(str(i) if i not in (None, "") else _stable_id(spec.path, t or ""), t or "", spec.domain,
-                    "" if isinstance(t, str) and t else f"corrupt:no_{spec.text_field}")
-            for i, t in zip(ids, texts)]
+def _parquet_files(spec: InputSpec, files: list[Path]) -> tuple[list[Path], list[dict]]:
+    """The parquet files whose footer reads, and a `corrupt:file` record for each of the others."""
+    readable, damaged = [], []
+    for path in files:
+        try:
+            pq.ParquetFile(path)
+            readable.append(path)
+        except (OSError, pa.ArrowException) as error:
+            damaged.append(damaged_file(spec, path, f"parquet: {str(error).splitlines()[0]}"))
+    return readable, damaged
 
 
 class _ParquetRows:
-    """parquet_records over a Ray Data batch."""
+    """parquet_records over a Ray Data batch (its `path` column names each row's file)."""
 
     def __init__(self, spec: InputSpec):
         self.spec = spec
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return pa.Table.from_pylist(parquet_records(self.spec, table))
+
+
+# ---------------------------------------------------------------- checked before anything runs
+
+
+def check_inputs(config: DataConfig) -> None:
+    """Every input looked at on this machine, before Ray starts: a mistake is one line naming the file.
+
+    Refused: an input with no documents at all; a parquet file without the text column; a jsonl or JSON
+    file none of whose first records has the text field (or the id field, when the config names one),
+    each naming what the records do have. A damaged file is not refused: the stage reads what it holds."""
+    for spec in config.inputs:
+        if spec.path == "embedded":
+            continue
+        found = 0
+        for path in resolve_files(spec):
+            fmt = input_format(spec, path)
+            if fmt == "parquet":
+                found += _check_parquet(spec, path)
+            elif fmt in ("jsonl", "json"):
+                found += _check_records(spec, path, fmt)
+            elif is_text_input(spec, path):
+                content, compressed = head(path, 1024)
+                found += bool(content.strip()) or compressed  # a damaged file the stage reports
+        if not found:
+            raise SoloError(f"input {spec.path} holds no documents: its files are empty, or none of them is "
+                            "text, jsonl, json or parquet")
+
+
+def _check_parquet(spec: InputSpec, path: Path) -> int:
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException):
+        return 1  # damaged: the stage counts it, and reads the other files
+    names = file.schema_arrow.names
+    if spec.text_field not in names:
+        raise SoloError(f"parquet input {path} has no column {spec.text_field!r} (its columns: {', '.join(names)}): "
+                        "set text_field")
+    if spec.id_field and "id_field" in spec.model_fields_set and spec.id_field not in names:
+        raise SoloError(f"parquet input {path} has no column {spec.id_field!r} for id_field (its columns: "
+                        f"{', '.join(names)})")
+    return file.metadata.num_rows
+
+
+def _check_records(spec: InputSpec, path: Path, fmt: str) -> int:
+    if fmt == "json":  # one JSON value: read whole, as the stage will
+        try:
+            rows = json.loads(decompress(path.read_bytes())[0])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return 1  # the stage counts it as corrupt
+        rows = rows if isinstance(rows, list) else [rows]
+    else:
+        content, compressed = head(path, CHECKED_BYTES)
+        if compressed and not content.strip():
+            return 1  # damaged before its first record: the stage reports it
+        lines = content.split(b"\n")
+        if len(content) >= CHECKED_BYTES:
+            lines.pop()  # it may be cut short here
+        rows = []
+        for line in (line for line in lines if line.strip()):
+            try:
+                rows.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rows.append(None)
+            if len(rows) >= CHECKED_RECORDS:
+                break
+    objects = [row for row in rows[:CHECKED_RECORDS] if isinstance(row, dict)]
+    if not objects:
+        return len(rows)
+    fields = sorted({key for row in objects for key in row})
+    for what, name, required in (("text_field", spec.text_field, True),
+                                 ("id_field", spec.id_field, "id_field" in spec.model_fields_set)):
+        if name and required and not any(name in row for row in objects):
+            raise SoloError(f"{path}: no record of its first {len(objects)} has the field {name!r} ({what}); "
+                            f"their fields: {', '.join(fields)}")
+    return len(rows)
 
 
 # ---------------------------------------------------------------- one pass in this process
@@ -162,12 +175,15 @@ Documents = Callable[[], Iterator[Document]]  # a fresh pass over the corpus on 
 def input_records(spec: InputSpec) -> Iterator[dict]:
     """Records of one input, a file at a time (a parquet file a batch at a time), as read_inputs reads them."""
     if spec.path == "embedded":
-        yield from (_record(doc["id"], doc["text"], spec.domain) for doc in corpus.documents(spec.max_documents))
+        yield from (record(doc["id"], doc["text"], spec.domain, source="embedded")
+                    for doc in corpus.documents(spec.max_documents))
         return
     for path in resolve_files(spec):
-        if _input_format(spec, path) == "parquet":
-            for batch in pq.ParquetFile(path).iter_batches():
-                yield from parquet_records(spec, batch)
+        if input_format(spec, path) == "parquet":
+            readable, damaged = _parquet_files(spec, [path])
+            yield from damaged
+            for batch in (pq.ParquetFile(path).iter_batches() if readable else []):
+                yield from parquet_records(spec, batch, str(path))
         else:
             yield from parse_file(spec, path, path.read_bytes())
 

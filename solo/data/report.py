@@ -4,6 +4,7 @@ and what dedup, decontamination and mixing did; as report.json and report.md."""
 from __future__ import annotations
 
 from solo.data import mixing
+from solo.data.files import CORRUPT_FILE
 
 EXAMPLES_PER_RULE = 3
 
@@ -15,8 +16,9 @@ def summarize(decided, plan: mixing.MixPlan | None = None) -> dict:
     dropped: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
     per_domain: dict[str, dict[str, int]] = {}
+    damaged: list[dict[str, str]] = []
     read = kept = kept_bytes = mixed_rows = mixed_bytes = 0
-    columns = decided.select_columns(["reason", "domain", "text", "id"])
+    columns = decided.select_columns(["reason", "domain", "text", "id", "source"])
     for batch in columns.iter_batches(batch_format="pyarrow", batch_size=4096):
         reasons = batch.column("reason").to_pylist()
         read += len(reasons)
@@ -34,16 +36,21 @@ def summarize(decided, plan: mixing.MixPlan | None = None) -> dict:
                 mixed_rows += copies
                 mixed_bytes += copies * size
                 continue
-            rule = reason.split(":", 1)[0] if reason.startswith("corrupt") else reason
+            if reason == CORRUPT_FILE:  # a file, not a document: its path, and what was wrong with it
+                damaged.append({"path": batch.column("source")[i].as_py(), "problem": texts[i].as_py()})
+                rule = reason
+            else:
+                rule = reason.split(":", 1)[0] if reason.startswith("corrupt") else reason
             dropped[rule] = dropped.get(rule, 0) + 1
             shown = examples.setdefault(rule, [])
             if len(shown) < EXAMPLES_PER_RULE:
                 id_ = batch.column("id")[i].as_py()
-                shown.append(f"{id_}: {reason if rule == 'corrupt' else texts[i].as_py()[:120]!r}")
+                shown.append(f"{batch.column('source')[i].as_py()}: {texts[i].as_py()}" if reason == CORRUPT_FILE
+                             else f"{id_}: {reason if rule == 'corrupt' else texts[i].as_py()[:120]!r}")
     return {
         "read": read, "kept": kept, "kept_bytes": kept_bytes, "dropped_by_reason": dict(sorted(dropped.items())),
-        "examples": examples, "domains": per_domain, "kept_after_mixing": mixed_rows,
-        "kept_bytes_after_mixing": mixed_bytes,
+        "examples": examples, "domains": per_domain, "damaged_files": sorted(damaged, key=lambda d: d["path"]),
+        "kept_after_mixing": mixed_rows, "kept_bytes_after_mixing": mixed_bytes,
     }
 
 
@@ -54,6 +61,13 @@ def report_markdown(report: dict) -> str:
     for rule, count in sorted(report["dropped_by_reason"].items()):
         shown = "<br>".join(e.replace("|", "\\|").replace("\n", " ") for e in report["examples"].get(rule, []))
         lines.append(f"| {rule} | {count:,} | {shown} |")
+    if report.get("damaged_files"):
+        lines += ["", f"Damaged files ({len(report['damaged_files'])}): the records before the damage were read "
+                  "like any others.", "", "| file | problem |", "| --- | --- |"]
+        lines += [f"| `{d['path']}` | {d['problem']} |" for d in report["damaged_files"]]
+    if report.get("duplicate_ids"):
+        lines += ["", f"Ids that repeated: {report['duplicate_ids']:,}; each repeat after the first was renamed "
+                  "`<id>~<n>`, so that mixing and the train/validation split see distinct documents."]
     lines += ["", "| domain | documents | MB |", "| --- | ---: | ---: |"]
     for domain, d in sorted(report["domains"].items()):
         lines.append(f"| {domain} | {d['documents']:,} | {d['bytes'] / 1e6:.2f} |")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
@@ -27,9 +28,12 @@ from solo.data import boilerplate, decontam, mixing, neardedup
 from solo.data import classifier as quality_classifier
 from solo.data.clean import clean, cleaning_stats
 from solo.data.config import DataConfig
+from solo.data.files import CORRUPT_FILE, resolve_files
 from solo.data.normalize import normalize
-from solo.data.read import read_inputs, resolve_files
+from solo.data.read import check_inputs, read_inputs
 from solo.data.report import dedup_markdown, report_markdown, summarize
+from solo.errors import SoloError
+from solo.faults import fault_point
 
 
 def exact_survivors(batches) -> dict[str, str]:
@@ -67,6 +71,40 @@ def frequent_lines(config: DataConfig) -> frozenset[int]:
 
 def _normalize_batch(batch: dict) -> dict:
     return {**batch, "text": [normalize(t) if not r else t for t, r in zip(batch["text"], batch["reason"])]}
+
+
+def unique_ids(staged_dir: Path, work: Path, key: str) -> tuple[Path, int]:
+    """The staged pass with every id unique, and how many ids were renamed: mixing, dedup's survivors and the
+    train/validation split are keyed by id, and two inputs may well both number their records from 0.
+    The first record of an id, in input order, keeps it; each later one becomes `<id>~<n>`. Only the id
+    column is read on the driver (Arrow, not Python objects), and a rewrite happens only when an id repeats."""
+    ids = pads.dataset(str(staged_dir), format="parquet").to_table(columns=["id"]).column("id")
+    counts = pc.value_counts(ids)
+    repeated = set(counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist())
+    if not repeated:
+        return staged_dir, 0
+    unique_dir = work / "unique"
+    renamed: dict[str, str] = {}  # the source of each later record of a repeated id → its new id
+    seen: dict[str, int] = {}
+    for batch in pads.dataset(str(staged_dir), format="parquet").to_batches(columns=["id", "source"]):
+        for id_, source in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist()):
+            if id_ in repeated:
+                seen[id_] = seen.get(id_, 0) + 1
+                if seen[id_] > 1:
+                    renamed[source] = f"{id_}~{seen[id_]}"
+    taken = pc.sum(pc.is_in(ids, value_set=pa.array(list(renamed.values())))).as_py() if renamed else 0
+    if taken:
+        raise SoloError(f"{taken} input ids already look like renamed repeats (`<id>~<n>`): rename them, or set "
+                        "id_field: null to let solo number the records")
+    if not committed(unique_dir, key):
+        ray.data.read_parquet(str(staged_dir)).map_batches(_rename, fn_kwargs={"renamed": renamed}) \
+            .write_parquet(str(unique_dir))
+        commit(unique_dir, key)
+    return unique_dir, len(renamed)
+
+
+def _rename(batch: dict, renamed: dict[str, str]) -> dict:
+    return {**batch, "id": [renamed.get(source, id_) for id_, source in zip(batch["id"], batch["source"])]}
 
 
 # ---------------------------------------------------------------- resume
@@ -187,6 +225,7 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
     ctx.execution_options.preserve_order = True  # same input → same shards, run after run
     ctx.enable_progress_bars = False
 
+    check_inputs(config)  # the pipeline checked them before Ray started; a direct call is checked here
     work = output / "_work"
     classifier, classifier_stats = None, {}
     if config.filters.classifier is not None:  # trained first: a bad example file fails before any work
@@ -202,6 +241,8 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
             staged = staged.map_batches(neardedup.sign, fn_kwargs={"config": config.dedup}, batch_size=256)
         staged.write_parquet(str(staged_dir))
         commit(staged_dir, key)
+    fault_point("data.staged")
+    staged_dir, duplicate_ids = unique_ids(staged_dir, work, key)
     staged, dedup_stats = deduplicate(staged_dir, config, work)
     staged, decontam_stats = decontaminate(staged, config)
     # Materialized (Ray spills it to disk when its object store fills): the plan, the report and both
@@ -212,6 +253,10 @@ def prepare(config: DataConfig, output: Path, progress=print) -> dict:
     report = summarize(decided, plan)  # also counts the rows and bytes mixing will keep
     kept_rows = report.pop("kept_after_mixing")
     kept_bytes = report.pop("kept_bytes_after_mixing")
+    if report["read"] == report["dropped_by_reason"].get(CORRUPT_FILE, 0):
+        raise SoloError("no input could be read: " + "; ".join(f"{d['path']} ({d['problem']})"
+                                                              for d in report["damaged_files"]))
+    report["duplicate_ids"] = duplicate_ids
 
     for folder in ("data", "dropped"):  # a killed attempt may have left part of them
         shutil.rmtree(output / folder, ignore_errors=True)

@@ -16,7 +16,9 @@ from solo.evals.config import EvalConfig
 from solo.evals.generate import cpu_engine, greedy
 from solo.evals.likelihood import loglikelihoods
 from solo.evals.tasks import MissingData, Problem, Question
+from solo.faults import fault_point
 from solo.serving.engine import Engine
+from solo.store import write_json_atomic
 
 
 def score_multiple_choice(model, tokenizer, questions: Sequence[Question], batch_size: int) -> tuple[dict, list[dict]]:
@@ -61,14 +63,20 @@ def score_gsm8k(engine: Engine, tokenizer, problems: Sequence[Problem], max_new_
     return {"accuracy": round(correct / len(samples), 6), "n": len(samples)}, samples
 
 
-def run_task(name: str, model, tokenizer, config: EvalConfig, output: Path) -> dict:
-    """One task on its configured sample; writes `output/<name>/{metrics.json,samples.jsonl}`."""
+def run_task(name: str, model, tokenizer, config: EvalConfig, output: Path, resume: bool = False) -> dict:
+    """One task on its configured sample; writes `output/<name>/{metrics.json,samples.jsonl}`, metrics.json
+    last. `resume`: a task whose metrics.json is there with these settings is not run again (the evaluate
+    stage's folder holds the results of these very models)."""
     root, shots = config.data_path(), getattr(config.shots, name)
     settings = {"shots": shots, "max_questions": config.max_questions, "seed": config.seed,
                 "batch_size": config.batch_size, "split": "test", "format": f"lm-evaluation-harness {name}"}
     if name == "gsm8k":
-        problems = tasks.sample(tasks.gsm8k(root, shots), config.max_questions, config.seed)
         settings["max_new_tokens"] = config.gsm8k_max_new_tokens
+    done = output / name / "metrics.json"
+    if resume and done.is_file() and json.loads(done.read_text())["settings"] == settings:
+        return json.loads(done.read_text())
+    if name == "gsm8k":
+        problems = tasks.sample(tasks.gsm8k(root, shots), config.max_questions, config.seed)
         metrics, samples = score_gsm8k(cpu_engine(model, config.batch_size), tokenizer, problems,
                                        config.gsm8k_max_new_tokens)
     else:
@@ -78,22 +86,24 @@ def run_task(name: str, model, tokenizer, config: EvalConfig, output: Path) -> d
     metrics = {"task": name, **metrics, "settings": settings}
     folder = output / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    write_json_atomic(folder / "metrics.json", metrics)  # last: its presence says the task is done
     return metrics
 
 
-def run_tasks(model, tokenizer, config: EvalConfig, output: Path, log: Callable[[str], None] = print
-              ) -> dict[str, dict]:
+def run_tasks(model, tokenizer, config: EvalConfig, output: Path, log: Callable[[str], None] = print,
+              resume: bool = False) -> dict[str, dict]:
     """Every configured task whose files are present; a missing one is reported and skipped, so a
     machine without the benchmark files still evaluates bits per byte."""
     results = {}
     for name in config.tasks:
+        earlier = resume and (output / name / "metrics.json").is_file()
         try:
-            results[name] = run_task(name, model, tokenizer, config, output)
+            results[name] = run_task(name, model, tokenizer, config, output, resume)
+            fault_point("evaluate.task")
         except MissingData as missing:
             log(f"evaluate: {name} skipped: {missing}")
             continue
         log(f"evaluate: {name} accuracy {results[name]['accuracy']:.3f} on {results[name]['n']} questions "
-            f"({getattr(config.shots, name)}-shot)")
+            f"({getattr(config.shots, name)}-shot)" + (" (committed by an earlier attempt)" if earlier else ""))
     return results

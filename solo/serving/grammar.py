@@ -9,6 +9,7 @@ on indentation.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -22,11 +23,21 @@ ANY_OBJECT = json.dumps({"type": "object"})
 def check_schema(schema: dict[str, Any]) -> str:
     """The schema as the engines take it; a ValueError says why xgrammar cannot use it."""
     text = json.dumps(schema)
+    problem = _schema_problem(text)
+    if problem:
+        raise ValueError(f"the JSON schema cannot be enforced: {problem}")
+    return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_problem(text: str) -> str:
+    """Why xgrammar cannot compile the schema, or "". Cached per distinct schema: an agent sends the same
+    tools with every request, and compiling a schema takes milliseconds."""
     try:
         xgrammar.Grammar.from_json_schema(text, any_whitespace=False)
     except Exception as error:  # xgrammar raises RuntimeError or ValueError, with the reason
-        raise ValueError(f"the JSON schema cannot be enforced: {str(error).splitlines()[0]}") from None
-    return text
+        return str(error).splitlines()[0] or type(error).__name__
+    return ""
 
 
 class Grammars:

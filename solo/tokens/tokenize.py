@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ import pyarrow.dataset
 import ray.data
 
 from solo.errors import SoloError
+from solo.faults import fault_point
 from solo.tokens.shards import ShardWriter, is_validation, pack, token_dtype, write_index
 
 
@@ -28,14 +31,21 @@ def encode_and_pack(batch: dict, tokenizer, output: str, seq_len: int, val_fract
     """One Ray Data task: encode a batch of documents, pack each split's into rows, and write the
     full rows as shards under `output/<split>/`. What leaves the task is a row per split with the
     shard names and the tail shorter than a row, which the driver packs at the end: the driver
-    touches no token but those tails, so the stage scales with the cores Ray gives it."""
+    touches no token but those tails, so the stage scales with the cores Ray gives it.
+
+    The block's summary is committed last (`output/blocks/<block>.json`); a run killed and started again
+    takes a committed block's summary instead of encoding it again."""
+    ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
+    dtype, block = token_dtype(len(tokenizer)), _block_name(ids)
+    committed = Path(output) / "blocks" / f"{block}.json"
+    if committed.is_file():
+        summary = json.loads(committed.read_text())
+        return {**summary, "tail": [base64.b64decode(tail) for tail in summary["tail"]]}
     # One core per task: Ray runs as many tasks as it has cores, and a tokenizer that spread
     # each task over every core as well would only make them fight.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
     # The Rust tokenizer itself: the Python wrapper would also build attention masks no one reads.
     encoded = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
-    dtype, block = token_dtype(len(tokenizer)), _block_name(ids)
     out: dict[str, list] = {k: [] for k in ("split", "shards", "tail", "documents", "tokens", "bytes")}
     for split in ("train", "val"):
         members = [i for i, doc_id in enumerate(ids) if is_validation(doc_id, val_fraction) == (split == "val")]
@@ -51,6 +61,10 @@ def encode_and_pack(batch: dict, tokenizer, output: str, seq_len: int, val_fract
         out["documents"].append(len(members))
         out["tokens"].append(len(rows) * seq_len + len(tail))
         out["bytes"].append(sum(len(texts[i].encode()) for i in members))
+    committed.parent.mkdir(exist_ok=True)
+    partial = committed.with_suffix(".tmp")
+    partial.write_text(json.dumps({**out, "tail": [base64.b64encode(tail).decode() for tail in out["tail"]]}))
+    os.replace(partial, committed)
     return out
 
 
@@ -68,6 +82,10 @@ def tokenize(data_dir: Path, tokenizer, output: Path, seq_len: int, val_fraction
         (output / split).mkdir(parents=True, exist_ok=True)
 
     total_documents = pyarrow.dataset.dataset(str(data_dir), format="parquet").count_rows()  # footers only
+    committed = len(list((output / "blocks").glob("*.json")))
+    if committed:
+        progress(f"tokenize: {committed} of {-(-total_documents // batch_size)} blocks committed by an earlier "
+                 "attempt: not encoded again")
     ds = ray.data.read_parquet(str(data_dir)).select_columns(["id", "text"])
     # A parquet file is read by one task, and the data stage may write one big file: cut the stream
     # into batch-sized blocks so that each core gets its own share to encode.
@@ -80,7 +98,9 @@ def tokenize(data_dir: Path, tokenizer, output: Path, seq_len: int, val_fraction
     buffers: dict[str, list[int]] = {"train": [], "val": []}
     totals = {split: {"documents": 0, "tokens": 0, "bytes": 0} for split in shards}
     last_report = started
-    for part in ds.iter_rows():
+    for received, part in enumerate(ds.iter_rows(), start=1):
+        if received % 2 == 0:  # a block's two splits are in
+            fault_point("tokenize.block")
         split = part["split"]
         shards[split] += json.loads(part["shards"])
         buffers[split].extend(np.frombuffer(part["tail"], dtype=np.uint32).tolist())
@@ -101,6 +121,7 @@ def tokenize(data_dir: Path, tokenizer, output: Path, seq_len: int, val_fraction
         tails[split].flush()
         indexes[split] = write_index(output / split, seq_len, dtype, shards[split] + tails[split].shards,
                                      totals[split]["documents"])
+    shutil.rmtree(output / "blocks", ignore_errors=True)  # the blocks' resume markers: the index is written
     tokens = totals["train"]["tokens"] + totals["val"]["tokens"]
     seconds = time.time() - started
     progress(f"tokenize: {tokens:,} tokens → {indexes['train']['rows']:,} train and "

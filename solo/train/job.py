@@ -1,9 +1,12 @@
-"""A training job: the config and the folders a worker reads and writes."""
+"""A training job: the config and the folders a worker reads and writes, checked before any worker starts."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+from solo.errors import SoloError
 from solo.train.config import TrainConfig
 
 
@@ -18,3 +21,18 @@ class TrainJob:
     output_dir: str          # the stage's folder: model/, metrics.csv, tensorboard/, checkpoints
     init_model_dir: str | None = None  # start from these weights (fine-tuning) instead of from scratch
     val_bytes_per_token: float | None = None  # to turn validation loss into bits per byte
+
+    def check(self) -> None:
+        """What a worker would otherwise find out only after the worker group started, and Ray Train would
+        take for a crash and retry `max_failures` times: checked here, once, on the driver."""
+        index = Path(self.train_dir) / "index.json"
+        if not index.is_file():
+            raise SoloError(f"no training rows at {self.train_dir} (no index.json): run the tokenize stage first")
+        rows = json.loads(index.read_text())["rows"]
+        per_step = self.config.workers * self.config.micro_batch
+        if rows < per_step:
+            raise SoloError(f"{rows} training rows cannot fill one step of {self.config.workers} workers × "
+                            f"micro_batch {self.config.micro_batch}: add data or lower the batch")
+        for what, folder in (("tokenizer", self.tokenizer_dir), ("model to start from", self.init_model_dir)):
+            if folder is not None and not Path(folder).is_dir():
+                raise SoloError(f"the {what} is not there: {folder}")

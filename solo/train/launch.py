@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import ray.train
+from ray.train import TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from solo.errors import SoloError
@@ -18,10 +19,13 @@ from solo.train.hardware import use_cuda
 from solo.train.job import TrainJob
 from solo.train.loop import train_worker
 
+RUN_NAME = "train"  # the run's folder in Ray Train's storage, `<stage>/ray/train/`
+
 
 def _ray_worker_entry(loop_config: dict) -> None:
     init_deepspeed_group(use_cuda(loop_config["job"].config))
-    train_worker(loop_config["job"], RaySink())
+    job = loop_config["job"]
+    train_worker(job, RaySink(Path(job.output_dir) / "ray" / RUN_NAME), restart=loop_config["restart"])
 
 
 def start_launched(config: TrainConfig) -> None:
@@ -43,6 +47,7 @@ def run_training(job: TrainJob) -> dict:
     the stage folder, from which a run started again resumes."""
     # `strategy: auto` becomes the planner's pick for this machine, once, before any worker starts.
     job, planned = resolve_auto_strategy(job, quiet=bool(launched_rank()))
+    job.check()
     config = job.config
     if launched_rank() is not None:
         start_launched(config)
@@ -52,22 +57,50 @@ def run_training(job: TrainJob) -> dict:
         metrics = train_worker(job, FolderSink(Path(job.output_dir) / "checkpoints", config.keep_checkpoints))
         return {**_summary(Path(job.output_dir), metrics), **planned}
     convert_for_worker_count(Path(job.output_dir), config)
-    cuda = use_cuda(config)
-    trainer = TorchTrainer(
+    restart = None
+    for attempt in range(config.max_failures + 1):
+        try:
+            result = _trainer(job, restart).fit()
+            return {**_summary(Path(job.output_dir), result.metrics or {}), **planned}
+        except TrainingFailedError as failed:
+            failures = getattr(failed, "worker_failures", {}).values()
+            mistake = next((error for error in failures if isinstance(error, SoloError)), None)
+            if mistake is not None:
+                # A mistake in the config or the data, not a crash: the same run would fail the same way again.
+                raise SoloError(str(mistake)) from None
+            if attempt == config.max_failures:
+                raise
+            restart = f"restart {attempt + 1} of at most {config.max_failures}: {_crash_summary(failed)}"
+            print(f"training: {restart}; going on from the last checkpoint", flush=True)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _trainer(job: TrainJob, restart: str | None) -> TorchTrainer:
+    """Ray Train's run of the loop. It retries nothing itself (max_failures 0): run_training tells a crash,
+    retried, from a mistake in the config or data, which is not; every attempt shares the run's name and
+    storage, so each resumes from the checkpoints the ones before it committed."""
+    config, cuda = job.config, use_cuda(job.config)
+    return TorchTrainer(
         _ray_worker_entry,
-        train_loop_config={"job": job},
+        train_loop_config={"job": job, "restart": restart},
         torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=cuda,
                                                resources_per_worker={"CPU": 1, **({"GPU": 1} if cuda else {})}),
         run_config=ray.train.RunConfig(
-            name="train",
+            name=RUN_NAME,
             storage_path=str(Path(job.output_dir) / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
         ),
     )
-    result = trainer.fit()
-    return {**_summary(Path(job.output_dir), result.metrics or {}), **planned}
+
+
+def _crash_summary(failed: TrainingFailedError) -> str:
+    """What crashed, in one line: each failed worker's error, or the controller's."""
+    errors = getattr(failed, "worker_failures", None) or {"controller": getattr(failed, "controller_failure", failed)}
+    return "; ".join(f"worker {rank}: {type(error).__name__}" + (f" ({str(error).splitlines()[0][:120]})"
+                                                                 if str(error).strip() else "")
+                     for rank, error in errors.items())
 
 
 def _summary(output: Path, last: dict) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from solo.faults import fault_point
 from solo.store import Restart, read_manifest, write_manifest
 from solo.tokens.shards import LoaderState, ShardLoader, TokenShards
 from solo.train import presets
@@ -38,15 +39,20 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _record_restart(output_dir: Path, step: int) -> None:
+def _record_restart(output_dir: Path, step: int, reason: str) -> None:
     manifest = read_manifest(output_dir)
     if manifest is not None:
-        manifest.restarts.append(Restart(at=time.time(), resumed_from_step=step, reason="resumed from checkpoint"))
+        manifest.restarts.append(Restart(at=time.time(), resumed_from_step=step, reason=reason))
         write_manifest(output_dir, manifest)
 
 
-def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
-    """Runs on every worker; torch.distributed is already up. Returns rank 0's final metrics."""
+def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None) -> dict:
+    """Runs on every worker; torch.distributed is already up. Returns rank 0's final metrics.
+
+    `restart`: why this run is a restart (a worker crashed), when its driver knows; a run that finds a
+    checkpoint is one too. Either way rank 0 records it in the stage's manifest, with the step it
+    resumed from: 0 when no checkpoint had been committed and it started over."""
+    fault_point("train.start")
     config = job.config
     setup_started = time.time()
     rank, workers = dist.get_rank(), dist.get_world_size()
@@ -59,20 +65,28 @@ def train_worker(job: TrainJob, sink: CheckpointSink) -> dict:
 
     restored = sink.latest()
     universal = restored is not None and config.engine != "stream" and resumes_universal(restored, workers)
+    for problem in restored.skipped if restored is not None else ():
+        if rank == 0:
+            print(f"warning: the checkpoint {problem}: resuming from an older one", flush=True)
     engine, optimizer, accumulation, _zero3_alive = make_engine(job, workers, device, load_universal=universal)
     trainable = [p for p in engine.module.parameters() if p.requires_grad]
 
     step, state = 0, LoaderState()
     if restored is not None:
         check_resumable(restored, config.engine)
-        # The tag DeepSpeed recorded in `latest` (`latest_universal`); adapter checkpoints hold the adapters alone.
-        _, client = engine.load_checkpoint(str(restored / UNIVERSAL if universal else restored),
+        # The universal form is named by its own `latest_universal`; adapter checkpoints hold the adapters alone.
+        _, client = engine.load_checkpoint(str(restored.folder / UNIVERSAL if universal else restored.folder),
+                                           tag=None if universal else restored.tag,
                                            load_module_strict=not config.trains_adapters())
         step, state = client["step"], LoaderState(**client["loader"])
         torch.set_rng_state(client["torch_rng"])
         if rank == 0:
-            _record_restart(output, step)
             print(f"resumed from step {step} (epoch {state.epoch}, row {state.position})", flush=True)
+    if rank == 0 and (restored is not None or restart is not None):
+        outcome = "resumed from checkpoint" if restored is not None else "no checkpoint committed: started over"
+        if restored is not None and restored.skipped:
+            outcome += " (newer ones damaged: " + "; ".join(restored.skipped) + ")"
+        _record_restart(output, step, f"{restart}; {outcome}" if restart else outcome)
 
     train = ShardLoader(TokenShards(Path(job.train_dir)), rank, workers, config.micro_batch, config.seed, state)
     batches = train.indices()

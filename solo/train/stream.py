@@ -63,9 +63,8 @@ def host_bytes_per_parameter() -> int:
     return 4 + 4 + 4 + 4
 
 
-def is_stream_checkpoint(folder: Path) -> bool:
-    latest = folder / "latest"
-    return latest.exists() and (folder / latest.read_text().strip() / OPTIMIZER_STATES).exists()
+def is_stream_checkpoint(tag_dir: Path) -> bool:
+    return (tag_dir / OPTIMIZER_STATES).exists()
 
 
 class _Head(nn.Module):
@@ -248,11 +247,12 @@ class StreamEngine:
         if save_latest:
             (Path(folder) / "latest").write_text(tag)
 
-    def load_checkpoint(self, folder, load_module_strict: bool = True) -> tuple[str, dict]:
-        """Restores a stream checkpoint in full, or a DeepSpeed one's weights (see the module docstring)."""
+    def load_checkpoint(self, folder, tag: str | None = None, load_module_strict: bool = True) -> tuple[str, dict]:
+        """Restores a stream checkpoint in full, or a DeepSpeed one's weights (see the module docstring); `tag`
+        as DeepSpeed's: default, the one `latest` names."""
         self._finish_pending_step()  # or a step still in flight would write over what is loaded
         folder = Path(folder)
-        tag = (folder / "latest").read_text().strip()
+        tag = tag or (folder / "latest").read_text().strip()
         path = folder / tag
         if (path / OPTIMIZER_STATES).exists():
             states = torch.load(path / MODEL_STATES, map_location="cpu", weights_only=False)

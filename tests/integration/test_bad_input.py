@@ -1,10 +1,14 @@
 """Bad input gets one clear line saying what to do, exit code 2, and no traceback."""
 
+import gzip
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from solo.config import REPO_ROOT
 
@@ -24,6 +28,16 @@ def assert_one_clear_line(done, *needles):
     assert "Traceback" not in done.stderr
     for needle in needles:
         assert needle in lines[0]
+
+
+def assert_ends_in_one_clear_line(done, *needles):
+    """Once Ray has started, its own log lines come first on stderr: the error is still one line, the last."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Error:" not in done.stderr.replace("solo: ", "")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("solo: "), done.stderr
+    for needle in needles:
+        assert needle in last
 
 
 def test_unknown_config_key(tmp_path):
@@ -65,3 +79,25 @@ def test_serve_on_a_port_in_use(tmp_path, tiny_model_dir):
         port = taken.getsockname()[1]
         done = run([BIN / "solo", "serve", "--model", str(tiny_model_dir), "--port", str(port)], tmp_path)
     assert_one_clear_line(done, str(port), "in use", "--port")
+
+
+def test_an_empty_input_is_refused_before_ray_starts(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    done = run([sys.executable, "-m", "jobs.data", "--input", str(tmp_path / "empty.jsonl"),
+                "--output", str(tmp_path / "out")], tmp_path)
+    assert_one_clear_line(done, "empty.jsonl", "holds no documents")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_parquet_file_without_the_text_column_names_the_columns_it_has(tmp_path):
+    pq.write_table(pa.table({"body": ["a"], "url": ["u"]}), tmp_path / "pages.parquet")
+    done = run([sys.executable, "-m", "jobs.pipeline", "--input", str(tmp_path / "pages.parquet")], tmp_path)
+    assert_one_clear_line(done, "pages.parquet", "no column 'text'", "body, url", "text_field")
+
+
+def test_an_input_none_of_which_can_be_read_is_one_line(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n' * 1000)[:20])
+    done = run([sys.executable, "-m", "jobs.data", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")],
+               tmp_path, timeout=300)
+    assert_ends_in_one_clear_line(done, "no input could be read", "a.jsonl.gz", "truncated")

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
+from solo.serving import grammar
 from solo.serving.engine import TokenLogprob
 from solo.serving.http.app import build_gateway
 from solo.serving.http.service import ServedModel
@@ -257,6 +258,28 @@ def test_a_response_format_reaches_the_engine_as_a_schema_and_a_bad_schema_is_a_
     response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "response_format": {
         "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}}}})
     assert_error(response, 400, param="response_format", code="invalid_value")
+
+
+def test_every_tool_schema_is_checked_whatever_the_tool_choice(tokenizer):
+    bad = [*TOOLS, {"type": "function", "function": {"name": "broken", "parameters": {"type": "no-such-type"}}}]
+    for choice in (None, "auto", "none", "required"):
+        engine = scripted(tokenizer, "Hello.")
+        response = gateway(engine, tokenizer).post("/v1/chat/completions", json={
+            "model": MODEL, "messages": USER, "tools": bad, **({"tool_choice": choice} if choice else {})})
+        assert_error(response, 400, param="tools[1].function.parameters", code="invalid_value")
+        assert engine.calls == [], "a refused request never reaches the engine"
+
+
+def test_a_schema_is_compiled_once_however_many_requests_carry_it(tokenizer):
+    grammar._schema_problem.cache_clear()
+    client = gateway(scripted(tokenizer, "Hello."), tokenizer)
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    for _ in range(5):
+        assert client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER,
+                                                          "tools": tools}).status_code == 200
+    info = grammar._schema_problem.cache_info()
+    assert (info.misses, info.hits) == (1, 4)
 
 
 class Scored(FakeEngine):

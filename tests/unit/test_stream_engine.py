@@ -18,7 +18,7 @@ import torch
 from solo.config import load_config
 from solo.errors import SoloError
 from solo.runtime import worker_env
-from solo.train.checkpoints import check_resumable
+from solo.train.checkpoints import check_resumable, resume_from
 from solo.train.config import FinetuneConfig, TrainConfig
 from solo.train.job import TrainJob
 from solo.train.loop import train_worker
@@ -257,7 +257,7 @@ def test_stream_engine_matches_deepspeed_and_resumes_exactly(tmp_path, tiny_mode
 
     # The other way round is refused, saying what to do.
     with pytest.raises(SoloError, match="written by engine: stream.*--set engine=stream"):
-        check_resumable(tmp_path / "stream-checkpoints" / "step_3", "deepspeed")
+        check_resumable(resume_from(tmp_path / "stream-checkpoints" / "step_3"), "deepspeed")
 
 
 def test_stream_engine_is_for_full_weight_training():

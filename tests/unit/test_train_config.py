@@ -78,14 +78,15 @@ def test_a_checkpoint_from_another_worker_count_resumes_only_through_its_univers
     (folder / "latest").write_text("step_00000004")
     for rank in range(2):
         (folder / "step_00000004" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
-    assert newest_checkpoint(tmp_path) == folder
-    assert checkpoint_workers(folder) == 2
-    assert not resumes_universal(folder, 2)
+    resume = newest_checkpoint(tmp_path)
+    assert (resume.folder, resume.tag) == (folder, "step_00000004")
+    assert checkpoint_workers(resume) == 2
+    assert not resumes_universal(resume, 2)
     with pytest.raises(SoloError, match="written by 2 workers and has no universal form.*--set workers=2"):
-        resumes_universal(folder, 1)
+        resumes_universal(resume, 1)
     (folder / "universal").mkdir()
     (folder / "universal" / "latest_universal").write_text("step_00000004")
-    assert resumes_universal(folder, 1)
+    assert resumes_universal(resume, 1)
     # Already converted: the driver leaves it as it is (a real conversion runs in test_launcher.py).
     convert_for_worker_count(tmp_path, load_config(TrainConfig, None, ["workers=1"]))
     assert (folder / "universal" / "latest_universal").read_text() == "step_00000004"

@@ -42,6 +42,11 @@ class ChatService:
 
     def prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
         tokenizer = self.model.tokenizer
+        # Every tool's parameters must be a schema the model could be held to, whatever `tool_choice` says
+        # now: an agent that sends a broken one learns it at once, not on the day it forces a call.
+        for i, tool in enumerate(request.tools or []):
+            if tool.function.parameters is not None:
+                _constraint(tool.function.parameters, f"tools[{i}].function.parameters")
         prompt_ids, _ = render_chat(tokenizer, request.template_messages(), request.template_tools(),
                                     add_generation_prompt=True)
         if request.forced_tools:
