@@ -6,8 +6,8 @@
 Each method runs solo's own training loop (`solo.train.loop.train_worker`: DeepSpeed on a one-process
 gloo group, or NCCL on a GPU) in a subprocess of its own, so one method's peak cannot hide in
 another's: an untrained Llama of the preset, Alpaca conversations packed into rows, the same
-micro-batch and steps. SFT runs as `method: sft` does by default (ZeRO-3, optimizer and parameters
-offloaded to CPU: on a CPU-only machine that is all host memory); LoRA and QLoRA put rank-16
+micro-batch and steps. SFT runs at ZeRO-3 with the optimizer and the parameters offloaded to CPU (the
+memory-lean strategy; on a CPU-only machine that is all host memory); LoRA and QLoRA put rank-16
 adapters on every projection, QLoRA over a 4-bit NF4 base with double quantization. Peak is the
 process's peak RSS on CPU, CUDA max allocated on a GPU. Goal: QLoRA at most half of SFT's peak.
 Writes benchmarks/results/finetune_memory.json and .md (with `_checkpointed` in the name under
@@ -63,7 +63,8 @@ def config_for(method: str, args):
         f"method={method}", f"data={DATA / 'alpaca' / 'alpaca_5000.json'}", "max_examples=400",
         f"seq_len={args.seq_len}", "workers=1", f"micro_batch={args.micro_batch}", f"global_batch={args.micro_batch}",
         f"max_steps={args.steps}", f"checkpoint_every={args.steps}", f"log_every={args.steps}", "merge=false",
-        f"device={args.device}", f"strategy.activation_checkpointing={args.activation_checkpointing}"])
+        f"device={args.device}", "strategy.zero_stage=3", "strategy.offload_optimizer=cpu",
+        "strategy.offload_params=cpu", f"strategy.activation_checkpointing={args.activation_checkpointing}"])
 
 
 def measure(method: str, args) -> dict:

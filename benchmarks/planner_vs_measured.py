@@ -46,7 +46,8 @@ def run_config(args, preset: str, strategy: str, cuda: bool):
 
     settings = [f"model={preset}", "workers=1", f"device={'cuda' if cuda else 'cpu'}",
                 f"micro_batch={args.micro_batch}", f"global_batch={args.micro_batch}", f"max_steps={args.steps}",
-                "log_every=1", f"eval_every={10**6}", f"checkpoint_every={10**6}"]
+                "log_every=1", f"eval_every={10**6}", f"checkpoint_every={10**6}",
+                "optim.name=adamw"]  # the planner models Adam's state, and offload needs it
     if STRATEGIES[strategy] is None:
         return load_config(TrainConfig, None, settings + ["strategy=auto"])
     stage, optimizer, params = STRATEGIES[strategy]

@@ -77,19 +77,21 @@ async def drive(concurrency: int, requests_per_client: int, one_request: OneRequ
 
 def streamed_chat(client, model: str, max_tokens: int) -> OneRequest:
     """QUESTION to `model` through `client` (an `openai.AsyncOpenAI`), decoded greedily and
-    streamed, its output tokens read from the usage the server reports."""
+    streamed, its output tokens read from the usage the server reports (else its messages counted)."""
 
     async def one_request() -> tuple[float, int]:
-        start, ttft, n = time.perf_counter(), None, 0
+        start, ttft, usage, chunks = time.perf_counter(), None, None, 0
         stream = await client.chat.completions.create(
             model=model, messages=QUESTION, max_tokens=max_tokens, temperature=0, stream=True,
             stream_options={"include_usage": True})
         async for chunk in stream:
-            if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-                ttft = time.perf_counter() - start
+            if chunk.choices and chunk.choices[0].delta.content:
+                ttft = ttft or time.perf_counter() - start
+                chunks += 1
             if chunk.usage:
-                n = chunk.usage.completion_tokens
-        return ttft or time.perf_counter() - start, n
+                usage = chunk.usage.completion_tokens
+        # A server that reports no usage when streaming (llama-cpp-python's) sends a token a message.
+        return ttft or time.perf_counter() - start, chunks if usage is None else usage
 
     return one_request
 

@@ -8,8 +8,8 @@ GPU (one card; bf16; the largest preset that trains under a 24 GB device-memory 
 
 Both sides run solo's own loop (`solo.train.loop.train_worker`, one process, a one-rank process group) on
 the same token rows (tinyshakespeare and WikiText-2 through solo's BPE and packing), the same preset,
-batch, optimizer and schedule: *zero3* is `engine: deepspeed` as TrainConfig defaults it (ZeRO-3,
-optimizer and parameters offloaded to CPU), *stream* is `engine: stream`. Each run is a process of
+batch, optimizer (AdamW) and schedule: *zero3* is `engine: deepspeed` at ZeRO-3 with the optimizer and the
+parameters offloaded to CPU, *stream* is `engine: stream`. Each run is a process of
 its own, so the peaks (host RSS, device memory) are its own; with a device-memory cap the process
 may use only that much of the card (`torch.cuda.set_per_process_memory_fraction`), and a run that
 runs out is recorded as such. tokens/s is the loop's own window over `--steps` steps after
@@ -62,7 +62,9 @@ def one_run(args, engine: str, preset: str, work: Path) -> dict:
         f"model={preset}", "workers=1", f"engine={'stream' if engine == 'stream' else 'deepspeed'}",
         f"micro_batch={args.micro_batch}", f"global_batch={args.global_batch}",
         f"max_steps={args.warmup + args.steps}", f"log_every={args.steps}", f"eval_every={10**6}",
-        f"checkpoint_every={10**6}", f"strategy.precision={'bf16' if cuda else 'fp32'}"])
+        f"checkpoint_every={10**6}", f"strategy.precision={'bf16' if cuda else 'fp32'}", "optim.name=adamw",
+        *(["strategy.zero_stage=3", "strategy.offload_optimizer=cpu", "strategy.offload_params=cpu"]
+          if engine == "zero3" else [])])
     output = Path(tempfile.mkdtemp(prefix=f"solo-{engine}-{preset}-", dir=work))
     metrics = train_worker(TrainJob(config=config, train_dir=str(work / "train"), val_dir=None,
                                     tokenizer_dir=str(work / "tokenizer"), output_dir=str(output)), CheckpointSink())

@@ -58,6 +58,7 @@ def train_config(args, preset: str, workers: int, zero_stage: int):
         f"model={preset}", f"workers={workers}", "device=cpu", f"micro_batch={args.micro_batch}",
         f"global_batch={args.global_batch}", f"max_steps={args.warmup + args.steps}", f"log_every={args.steps}",
         f"eval_every={10**6}", f"checkpoint_every={10**6}", f"strategy.zero_stage={zero_stage}",
+        "optim.name=adamw", "optim.schedule=cosine",  # the plain loop's optimizer and schedule
         "strategy.offload_optimizer=none", "strategy.offload_params=none", "strategy.precision=fp32"])
 
 
@@ -69,7 +70,7 @@ def plain_loop(config, work: Path, threads: int, warmup: int) -> dict:
     from solo.tokens.shards import ShardLoader, TokenShards
     from solo.tokens.tokenizer import load, stop_token_ids
     from solo.train import presets
-    from solo.train.loop import learning_rate
+    from solo.train.schedule import learning_rate
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)

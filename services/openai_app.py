@@ -18,7 +18,7 @@ from solo.serving.deployment import ModelPlan, build_engine, deployment_options
 from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, in_messages
 from solo.serving.http.app import build_gateway
 from solo.serving.http.service import ServedModel
-from solo.serving.security import Limits, read_key_digests
+from solo.serving.security import Limits, read_api_keys
 from solo.tokens.tokenizer import load
 
 
@@ -112,9 +112,10 @@ class Gateway:
 
 
 def limits(config: ServeConfig) -> Limits:
-    """Read here, on the driver, so only key digests travel to the replica."""
-    return Limits(key_digests=read_key_digests(config.api_keys_file), rate_limit_rpm=config.rate_limit_rpm,
-                  max_request_bytes=config.max_request_bytes, max_queue=config.max_queue)
+    """Read here, on the driver, so only key digests and names travel to the replica."""
+    return Limits(api_keys=read_api_keys(config.api_keys_file), rate_limit_rpm=config.rate_limit_rpm,
+                  rate_limit_tpm=config.rate_limit_tpm, max_request_bytes=config.max_request_bytes,
+                  max_queue=config.max_queue)
 
 
 def build_app(config: ServeConfig, plans: list[ModelPlan]) -> serve.Application:

@@ -89,10 +89,17 @@ def _source(loc: tuple, overridden: list[list[str]], file: str | None) -> str:
     return "--set" if overridden and not field else "defaults"
 
 
+# Prefixes the tags of a discriminated union (pydantic's Tag): they sit in an error's location, where they
+# name no setting, and are left out of the message.
+UNION_TAG = "="
+
+
 def _format_errors(err: ValidationError, overridden: list[list[str]], file: str | None) -> str:
     parts = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = tuple(p for p in e["loc"] if not str(p).startswith(UNION_TAG))
+        e = {**e, "loc": loc}
+        field = ".".join(str(p) for p in loc) or "(top level)"
         parts.append(f"{_source(e['loc'], overridden, file)}: {field}: {e['msg']}")
     return "; ".join(parts)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,9 +27,9 @@ from solo.data.read import check_inputs, prepared_documents, raw_documents
 from solo.data.stage import prepare
 from solo.errors import SoloError
 from solo.evals.config import EvalConfig
-from solo.evals.generate import chat_answers
-from solo.evals.model import load_model
 from solo.evals.stage import evaluate
+from solo.export.config import ExportConfig
+from solo.export.stage import export
 from solo.runtime import init_ray, launched_rank, wait_for_all_ranks
 from solo.serving.config import ServeConfig
 from solo.store import Manifest, RunStore, partial_folder, read_manifest, staged_output, write_manifest
@@ -62,6 +61,8 @@ class PipelineConfig(Schema):
     """The finetune stage: SFT, LoRA or QLoRA on conversations."""
     evaluate: EvalConfig = EvalConfig()
     """The evaluate stage: bits per byte, benchmarks, sample answers."""
+    export: ExportConfig = ExportConfig()
+    """The export stage: the Hugging Face folder and model card, and a GGUF file with an Ollama Modelfile."""
 
 
 @dataclass
@@ -70,6 +71,7 @@ class StageContext:
     run: RunStore
     output: Path                      # the stage's `.partial` folder: write here
     inputs: dict[str, Path] = field(default_factory=dict)  # upstream stage name → its folder
+    started: float = field(default_factory=time.time)  # when the stage began: a time budget's clock starts here
 
     def log(self, message: str) -> None:
         print(message, flush=True)
@@ -82,9 +84,9 @@ class Stage:
     run: Callable[[StageContext], dict]
     also_reads: tuple[str, ...] = ()   # settings of other stages it depends on, dotted
 
-    def settings(self, config: PipelineConfig) -> Schema | None:
-        """Its section of the config; None for the export, whose one setting is the run's name."""
-        return getattr(config, self.name, None)
+    def settings(self, config: PipelineConfig) -> Schema:
+        """Its section of the config."""
+        return getattr(config, self.name)
 
 
 def model_dir(folder: Path) -> Path:
@@ -119,13 +121,14 @@ def run_pretrain(ctx: StageContext) -> dict:
     manifest = read_manifest(tokens)
     job = TrainJob(config=ctx.config.pretrain, train_dir=str(tokens / "train"), val_dir=str(tokens / "val"),
                    tokenizer_dir=str(ctx.inputs["tokenizer"]), output_dir=str(ctx.output),
-                   val_bytes_per_token=manifest.metrics.get("bytes_per_token") if manifest else None)
+                   val_bytes_per_token=manifest.metrics.get("bytes_per_token") if manifest else None,
+                   started_at=ctx.started)
     return run_training(job)
 
 
 def run_finetune(ctx: StageContext) -> dict:
     return finetune(ctx.config.finetune, model_dir(ctx.inputs["pretrain"]), ctx.inputs["tokenizer"], ctx.output,
-                    adapter_name=ctx.config.run, log=ctx.log)
+                    adapter_name=ctx.config.run, log=ctx.log, started_at=ctx.started)
 
 
 def run_evaluate(ctx: StageContext) -> dict:
@@ -139,14 +142,23 @@ def run_evaluate(ctx: StageContext) -> dict:
 
 
 def run_export(ctx: StageContext) -> dict:
-    """A Hugging Face folder (`LlamaForCausalLM` + tokenizer + chat template), proven to load."""
-    target = ctx.output / ctx.config.run
-    shutil.copytree(model_dir(ctx.inputs["finetune"]), target)
-    model, tokenizer = load_model(target)
-    [reply] = chat_answers(model, tokenizer, [ctx.config.evaluate.prompts[0]], 16)
-    size = sum(f.stat().st_size for f in target.iterdir())
-    ctx.log(f"export: {target.name} ({size / 1e6:.1f} MB) loads with transformers; it says {reply!r}")
-    return {"model": ctx.config.run, "bytes": size, "parameters": model.num_parameters()}
+    return export(model_dir(ctx.inputs["finetune"]), ctx.config.run, ctx.config.export, ctx.output, ctx.run,
+                  ctx.config.evaluate.prompts[0], _tokens_per_step(ctx), ctx.log)
+
+
+def _tokens_per_step(ctx: StageContext) -> dict[str, int]:
+    """Tokens per optimizer step of each training stage, for the model card's tokens seen: only where the settings
+    in hand are the ones it ran with, as its manifest's hash says (a stage run as its own job has the defaults)."""
+    def ran_with_these(stage: str) -> bool:
+        manifest = read_manifest(ctx.run.stage_dir(stage))
+        return manifest is not None and manifest.config_hash == _config_hash(ctx.config, STAGE_BY_NAME[stage])
+
+    known = {}
+    if ran_with_these("pretrain") and ran_with_these("tokenize"):
+        known["pretrain"] = ctx.config.pretrain.global_batch * ctx.config.tokenize.seq_len
+    if ran_with_these("finetune"):
+        known["finetune"] = ctx.config.finetune.global_batch * ctx.config.finetune.seq_len
+    return known
 
 
 STAGES: tuple[Stage, ...] = (
@@ -157,7 +169,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(name="pretrain", upstream=("tokenize", "tokenizer"), run=run_pretrain),
     Stage(name="finetune", upstream=("pretrain", "tokenizer"), run=run_finetune),
     Stage(name="evaluate", upstream=("data", "tokenize", "pretrain", "finetune"), run=run_evaluate),
-    Stage(name="export", upstream=("finetune", "evaluate"), run=run_export),
+    # The export's folder is named by the run.
+    Stage(name="export", upstream=("finetune", "evaluate"), run=run_export, also_reads=("run",)),
 )
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 
@@ -216,10 +229,7 @@ def raw_input_keys(config: PipelineConfig) -> dict[str, str]:
 
 
 def _config_hash(config: PipelineConfig, stage: Stage) -> str:
-    settings = stage.settings(config)
-    if settings is None:  # the export's only setting is the run name (its folder)
-        return config.run
-    fingerprint = settings.fingerprint()
+    fingerprint = stage.settings(config).fingerprint()
     if not stage.also_reads:
         return fingerprint
     read = {dotted: _setting(config, dotted) for dotted in stage.also_reads}

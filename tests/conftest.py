@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 import ray
 import torch
 import torch.distributed as dist
-from transformers import GenerationConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from solo.data import corpus
 from solo.runtime import join_one_process_group
@@ -35,6 +36,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # As solo's export writes it.
     GenerationConfig(eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id,
                      max_new_tokens=256).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def untied_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another Llama with tiny_model_dir's tokenizer, for GGUF export: an untied output head, as many key/value
+    heads as query heads, a feed-forward width (80) that is no whole number of q8_0 blocks, an embedding padded
+    past the vocabulary, Llama 3's RoPE scaling, and bf16 weights."""
+    folder = tmp_path_factory.mktemp("untied")
+    for file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(tiny_model_dir / file, folder / file)
+    config = LlamaConfig(vocab_size=1040, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                         rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=0.1,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 50000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 64})
+    torch.manual_seed(2)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     return folder
 
 

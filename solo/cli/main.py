@@ -8,6 +8,9 @@
     solo logs ID [--follow]                   a job's output
     solo serve --model PATH_OR_RUN [--model …] [--port N]
                                               an OpenAI-compatible endpoint, in the foreground
+    solo export --model RUN_OR_DIR [--format hf|gguf] [--quant f32|f16|q8_0] [--output PATH]
+                                              a Hugging Face folder with its model card, or a GGUF file and
+                                              an Ollama Modelfile (llama.cpp, Ollama, LM Studio)
     solo report RUN [--config FILE]           the run's report card: report.md and plots
     solo demo                                 the whole promise: train the demo model, serve it, ask it something
     solo plan [--preset P --gpu-mem GB --host-mem GB [--nvme GB] [--gpus N]]
@@ -43,6 +46,7 @@ COMMANDS = {
     "status": Command("cluster", "the cluster's resources and jobs"),
     "logs": Command("cluster", "a job's output"),
     "serve": Command("serve", "serve a model behind an OpenAI-compatible API, in the foreground"),
+    "export": Command("export", "a model as a Hugging Face folder with its card, or as GGUF with an Ollama Modelfile"),
     "report": Command("demo", "write a run's report card (report.md and plots)"),
     "demo": Command("demo", "train the demo model as a Ray job, serve it, ask it a question"),
     "plan": Command("plan", "will it fit? memory and tokens/s of every training strategy, and the pick"),

@@ -41,13 +41,16 @@ def plan(args: argparse.Namespace) -> None:
 def strategy_yaml(s: Strategy) -> str:
     """What to paste into a pretrain or finetune config."""
     if s.engine == "stream":
-        return f"engine: stream\nstrategy:\n  precision: {s.precision}\n"
+        return ("engine: stream\noptim:\n  name: adamw  # the stream engine's Adam runs in host memory\n"
+                f"strategy:\n  precision: {s.precision}\n")
     lines = ["strategy:", f"  zero_stage: {s.zero_stage}", f"  offload_optimizer: {s.offload_optimizer}",
              f"  offload_params: {s.offload_params}"]
     if "nvme" in (s.offload_optimizer, s.offload_params):
         lines.append("  nvme_path: /mnt/nvme/solo  # a writable folder on the NVMe drive")
     lines += [f"  activation_checkpointing: {'true' if s.activation_checkpointing else 'false'}",
               f"  precision: {s.precision}"]
+    if s.offload_optimizer != "none" or s.zero_stage == 3:  # what Muon, the default optimizer, cannot run with
+        lines += ["optim:", "  name: adamw  # Muon keeps its state beside the weights: ZeRO 0-2, no offload"]
     return "\n".join(lines) + "\n"
 
 

@@ -88,9 +88,13 @@ class ServeConfig(Schema):
     replica_cpus: int = Field(default=1, ge=1)
     """Cores of the model replica (its torch threads)."""
     api_keys_file: str | None = None
-    """API keys, one a line; $SOLO_API_KEYS adds more. No keys at all: no authentication (loopback only)."""
+    """API keys, one a line, `NAME KEY` or a bare `KEY` (named `key-` and its SHA-256's first 8 hex digits);
+    $SOLO_API_KEYS adds more (`NAME=KEY,…`). No keys at all: no authentication (loopback only)."""
     rate_limit_rpm: int = Field(default=0, ge=0)
-    """Requests a minute per key; 0: no limit."""
+    """Requests a minute per key (per client address without keys); 0: no limit."""
+    rate_limit_tpm: int = Field(default=0, ge=0)
+    """Tokens (prompt and completion) a minute per key (per client address without keys), over a sliding
+    minute; a request is let in while its key is under the limit and its tokens count when it ends. 0: no limit."""
     max_queue: int = Field(default=256, ge=1)
     """Generations in flight before the server answers 503."""
     max_request_bytes: int = Field(default=1 << 20, ge=1024)

@@ -22,7 +22,7 @@ from solo.errors import SoloError
 from solo.runtime import init_ray
 from solo.serving.config import ServeConfig
 from solo.serving.deployment import ModelPlan, plan_models, replica_cpus_needed
-from solo.serving.security import KEYS_ENV, is_loopback, read_key_digests
+from solo.serving.security import KEYS_ENV, is_loopback, read_api_keys
 
 APP_NAME = "solo"
 READY_TIMEOUT_S = 120.0
@@ -31,7 +31,7 @@ READY_TIMEOUT_S = 120.0
 def refuse_open_exposure(config: ServeConfig) -> None:
     """Beyond loopback, anyone on the network could spend this machine: not without API keys."""
     try:
-        keys = read_key_digests(config.api_keys_file)
+        keys = read_api_keys(config.api_keys_file)
     except OSError as e:
         raise SoloError(f"cannot read the API keys file {config.api_keys_file}: {e.strerror}") from None
     if not is_loopback(config.host) and not keys:
@@ -148,6 +148,7 @@ def serve_forever(config: ServeConfig) -> None:
             name = plans[0].name
             body = json.dumps({"model": name, "messages": [{"role": "user", "content": "What does json.dumps do?"}]})
             print(f"solo: serving {served} at {url}  (Ctrl-C to stop)\n"
+                  f"  chat in a browser: {url.removesuffix('/v1')}/\n"
                   f"  curl {url}/chat/completions -H 'Content-Type: application/json' \\\n"
                   f"    -d '{body}'", flush=True)
             threading.Event().wait()  # until a signal interrupts it

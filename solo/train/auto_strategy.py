@@ -12,7 +12,7 @@ from transformers import LlamaConfig
 
 from solo.errors import SoloError
 from solo.tokens.tokenizer import load
-from solo.train.config import StrategyConfig, TrainConfig
+from solo.train.config import StrategyConfig, TrainConfig, muon_problem
 from solo.train.hardware import PEAK_TFLOPS, use_cuda
 from solo.train.job import TrainJob
 from solo.train.planner import GB, HOST_CORES, Hardware, ModelShape, Strategy, plan
@@ -64,10 +64,14 @@ def resolve_auto_strategy(job: TrainJob, quiet: bool = False) -> tuple[TrainJob,
     has_engines = "engine" in type(config).model_fields
     chosen_engine = config.engine if has_engines and "engine" in config.model_fields_set else None
 
+    muon = config.optim.name == "muon"
+
     def allowed(s: Strategy) -> bool:
         try:
-            as_config(s)  # NVMe needs an nvme_path, which no machine detection can pick
+            engine, strategy = as_config(s)  # NVMe needs an nvme_path, which no machine detection can pick
         except ValueError:
+            return False
+        if muon and muon_problem(engine, strategy, adapters=False):
             return False
         if chosen_engine is not None:  # an engine the config names is kept; auto picks the strategy for it
             return s.engine == chosen_engine
@@ -81,7 +85,9 @@ def resolve_auto_strategy(job: TrainJob, quiet: bool = False) -> tuple[TrainJob,
                         + (f", GPU {hardware.gpu_mem_gb:.1f} GB" if hardware.gpu_mem_gb else "")
                         + f"); the smallest, {need.strategy.label()}, needs "
                         + (f"{need.gpu_gb:.1f} GB GPU and " if need.gpu_gb is not None else "")
-                        + f"{need.host_gb:.1f} GB host: see `solo plan`")
+                        + f"{need.host_gb:.1f} GB host"
+                        + ("; optim.name: muon rules out optimizer offload, ZeRO-3 and the stream engine: "
+                           "optim.name: adamw allows them" if muon else "") + ": see `solo plan`")
     engine, chosen = as_config(result.pick.strategy)
     update: dict = {"strategy": chosen}
     if has_engines:

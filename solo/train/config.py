@@ -5,41 +5,70 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
-from solo.config import Schema
+from solo.config import UNION_TAG, Schema
 
 
 class OptimConfig(Schema):
-    """AdamW with linear warmup and cosine decay."""
+    """The optimizer and its learning-rate schedule (solo.train.schedule). The defaults are the recipe measured
+    best on the CPU (docs/training.md#the-default-recipe): Muon + WSD."""
 
-    lr: float = Field(default=3e-3, gt=0)
-    """Peak learning rate, reached at the end of warmup."""
+    # AdamW's peak where `lr` is not set: every weight's under adamw; under muon only the embedding's (tied to
+    # the head) and the norms', which take a higher rate than whole-model AdamW can.
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"adamw": 3e-3, "muon": 2e-2}
+
+    name: Literal["adamw", "muon"] = "muon"
+    """muon: Muon (momentum orthogonalized by Newton-Schulz) for the 2-D hidden matrices (attention and MLP
+    projections), AdamW for the embedding, the head and the norms. adamw: AdamW for every weight. Muon keeps its
+    state beside the weights: ZeRO 0-2 without optimizer offload, full-weight training only."""
+    lr: float | None = Field(default=None, gt=0)
+    """Peak learning rate of the AdamW parameters, reached at the end of warmup; unset: DEFAULT_LR for `name`
+    (3e-3 under adamw, 2e-2 under muon)."""
+    muon_lr: float = Field(default=0.04, gt=0)
+    """Peak learning rate of Muon's matrices (muon only). Muon's update is orthogonal, of unit spectral scale,
+    so its rate is not comparable to Adam's."""
+    muon_momentum: float = Field(default=0.95, ge=0, lt=1)
+    """Muon's momentum (Nesterov), muon only."""
+    schedule: Literal["cosine", "wsd"] = "wsd"
+    """After warmup, wsd (warmup, stable, decay): the peak until the last `decay_fraction` of the budget, then a
+    straight line down to `min_lr_ratio` of it; cosine: a half cosine down to it over the whole budget."""
+    decay_fraction: float = Field(default=0.3, gt=0, le=1)
+    """wsd only: the share of the budget (steps or minutes) spent decaying."""
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    """The learning rate at the last step, as a share of `lr`."""
-    warmup_steps: int = Field(default=10, ge=0)
-    """Optimizer steps of linear warmup from lr / warmup_steps to lr."""
+    """The learning rate at the end of the budget, as a share of the peak."""
+    warmup_steps: int = Field(default=20, ge=0)
+    """Optimizer steps of linear warmup from peak / warmup_steps to the peak."""
     weight_decay: float = Field(default=0.1, ge=0)
-    """AdamW's decoupled weight decay."""
+    """Decoupled weight decay, for both optimizers."""
     beta1: float = 0.9
     """Adam's decay of the gradient's running mean."""
     beta2: float = 0.95
     """Adam's decay of the squared gradient's running mean."""
     grad_clip: float = Field(default=1.0, ge=0)
-    """Largest global gradient norm; larger gradients are scaled down to it. 0: no clipping."""
+    """Largest global gradient norm; larger gradients are scaled down to it. 0: no clipping. Off with Muon at
+    ZeRO 1-2, where DeepSpeed would measure Muon's updates instead of gradients (the worker says so)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_lr_for_the_optimizer(cls, data):
+        if isinstance(data, dict) and data.get("lr") is None:
+            name = data.get("name", cls.model_fields["name"].default)
+            return {**data, "lr": cls.DEFAULT_LR.get(name, cls.DEFAULT_LR["adamw"])}
+        return data
 
 
 class StrategyConfig(Schema):
     """How the model is spread over workers and memory: applied from outside the model."""
 
-    zero_stage: Literal[0, 1, 2, 3] = 3
+    zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage: 0 replicates everything on each worker, 1 shards the optimizer state, 2 also
     the gradients, 3 also the weights."""
-    offload_optimizer: Literal["none", "cpu", "nvme"] = "cpu"
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
     """Where the optimizer state lives: on the device, in host memory, or in files under nvme_path."""
-    offload_params: Literal["none", "cpu", "nvme"] = "cpu"
+    offload_params: Literal["none", "cpu", "nvme"] = "none"
     """Where ZeRO-3 keeps parameters between uses: on the device, in host memory, or in files under nvme_path."""
     nvme_path: str | None = None
     """A writable folder on a fast local drive for `nvme` offload; DeepSpeed swaps tensors to files under it
@@ -67,6 +96,31 @@ class StrategyConfig(Schema):
         return self
 
 
+def muon_problem(engine: str, strategy: StrategyConfig | None, adapters: bool) -> str:
+    """Why Muon cannot train with this engine and strategy (None: not yet planned), or "" when it can. Muon
+    orthogonalizes each weight matrix's whole update, so it runs where the optimizer state sits beside the
+    weights: ZeRO 0-2, nothing offloaded, every weight trained."""
+    fix = "use optim.name: adamw"
+    if adapters:
+        return f"optim.name: muon trains whole weight matrices, not LoRA adapters: {fix}"
+    if engine == "stream":
+        return f"optim.name: muon cannot run in engine: stream, whose optimizer lives in host memory: {fix}"
+    if strategy is not None and strategy.offload_optimizer != "none":
+        return (f"optim.name: muon cannot run with offload_optimizer: {strategy.offload_optimizer} (its state must "
+                f"stay beside the weights): set offload_optimizer: none, or {fix}")
+    if strategy is not None and strategy.zero_stage == 3:
+        return ("optim.name: muon cannot run at zero_stage: 3, which splits each weight matrix over the workers: "
+                f"use zero_stage 0-2, or {fix}")
+    return ""
+
+
+# `strategy:` is "auto" or the fields; the discriminator validates against the one the value means, so a
+# mistake in the fields is reported alone (not beside "Input should be 'auto'").
+StrategyChoice = Annotated[
+    Annotated[Literal["auto"], Tag(UNION_TAG + "auto")] | Annotated[StrategyConfig, Tag(UNION_TAG + "fields")],
+    Discriminator(lambda value: UNION_TAG + ("auto" if isinstance(value, str) else "fields")),
+]
+
 ModelPreset = Literal["demo", "125m", "350m", "1.3b", "2.7b", "7b"]
 
 
@@ -88,13 +142,18 @@ class TrainConfig(Schema):
     """Sequences per worker per forward pass."""
     global_batch: int = Field(default=16, ge=1)
     """Sequences per optimizer step, whatever the worker count (the rest is gradient accumulation)."""
-    max_steps: int = Field(default=200, ge=1)
-    """Optimizer steps to train for."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps to train for; with `max_minutes` too, the first reached stops the run. Unset and without
+    `max_minutes`: DEFAULT_STEPS."""
+    max_minutes: float | None = Field(default=None, gt=0)
+    """Wall-clock budget in minutes, start-up and evaluations included: the run stops, its learning rate
+    annealed, when it is spent. A resumed run goes on with what its checkpoint had left."""
     optim: OptimConfig = OptimConfig()
     """The optimizer and its schedule."""
-    strategy: StrategyConfig | Literal["auto"] = StrategyConfig()
-    """How to spread the model over workers and memory; auto: the fastest that fits this machine, chosen by
-    the planner (solo.train.planner, `solo plan`) before training starts."""
+    strategy: StrategyChoice = "auto"
+    """How to spread the model over workers and memory. auto (the default): the fastest that fits this machine,
+    chosen by the planner (solo.train.planner, `solo plan`) before training starts; a model that fits trains
+    whole on each worker (ZeRO-0), and offload is planned only where it must be. Set the fields to choose."""
     engine: Literal["deepspeed", "stream"] = "deepspeed"
     """deepspeed: ZeRO sharding and offload as `strategy` says; stream: weights and Adam state in host memory,
     streamed to the device a layer at a time (solo.train.stream; full-weight training only, fp32 or bf16;
@@ -117,9 +176,29 @@ class TrainConfig(Schema):
     seed: int = 0
     """Seeds the weights' initialization and the order of the rows."""
 
+    DEFAULT_STEPS: ClassVar[int] = 200
+
     def trains_adapters(self) -> bool:
         """Whether only LoRA adapters train (on a frozen, possibly 4-bit, base)."""
         return False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_budget(cls, data):
+        # A step count only where nothing else says when to stop: with `max_minutes` alone, the clock decides.
+        if isinstance(data, dict) and data.get("max_steps") is None and data.get("max_minutes") is None:
+            return {**data, "max_steps": cls.DEFAULT_STEPS}
+        return data
+
+    @model_validator(mode="after")
+    def _muon_keeps_its_state_on_the_device(self) -> TrainConfig:
+        if self.optim.name != "muon":
+            return self
+        problem = muon_problem(self.engine, None if self.strategy == "auto" else self.strategy,
+                               self.trains_adapters())
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _stream_trains_every_weight(self) -> TrainConfig:
@@ -165,6 +244,20 @@ class QuantizationSettings(Schema):
     """The dtype the 4-bit weights are dequantized to for each matmul; auto: bf16 on a GPU, fp32 on CPU."""
 
 
+class FinetuneOptimConfig(OptimConfig):
+    """Fine-tuning's optimizer: AdamW and cosine by default, at a lower peak and a shorter warmup than
+    pretraining's (LoRA and QLoRA train adapters, which Muon does not; `method: sft` may take `name: muon`)."""
+
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"adamw": 1e-3, "muon": 1e-3}
+
+    name: Literal["adamw", "muon"] = "adamw"
+    """adamw, or muon (`method: sft` only): see OptimConfig.name."""
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    """See OptimConfig.schedule."""
+    warmup_steps: int = Field(default=5, ge=0)
+    """Optimizer steps of linear warmup."""
+
+
 class FinetuneConfig(TrainConfig):
     """Fine-tuning: SFT, LoRA or QLoRA on conversations, with the loss on assistant tokens only."""
 
@@ -188,11 +281,10 @@ class FinetuneConfig(TrainConfig):
     """The adapter's name in $SOLO_HOME/adapters/; default: the run's name."""
     merge: bool = True
     """Also write the adapters merged into a full model (model/)."""
-    # Shorter runs than pretraining by default; redeclared with the same bounds as TrainConfig's.
-    max_steps: int = Field(default=60, ge=1)
-    """Optimizer steps to train for."""
-    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5)
-    """The optimizer and its schedule (a lower peak and a shorter warmup than pretraining's)."""
+    # Shorter runs than pretraining by default.
+    DEFAULT_STEPS: ClassVar[int] = 60
+    optim: FinetuneOptimConfig = FinetuneOptimConfig()
+    """The optimizer and its schedule."""
 
     def trains_adapters(self) -> bool:
         return self.method != "sft"

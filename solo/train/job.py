@@ -21,6 +21,7 @@ class TrainJob:
     output_dir: str          # the stage's folder: model/, metrics.csv, tensorboard/, checkpoints
     init_model_dir: str | None = None  # start from these weights (fine-tuning) instead of from scratch
     val_bytes_per_token: float | None = None  # to turn validation loss into bits per byte
+    started_at: float | None = None  # when the stage (or this attempt) started: max_minutes' clock; None: now
 
     def check(self) -> None:
         """What a worker would otherwise find out only after the worker group started, and Ray Train would

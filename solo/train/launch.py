@@ -4,6 +4,8 @@ Ray, the `deepspeed` launcher (one process per GPU or CPU rank)."""
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray.train
@@ -46,6 +48,7 @@ def run_training(job: TrainJob) -> dict:
     in a process the `deepspeed` launcher started (one per GPU), run the loop here with checkpoints in
     the stage folder, from which a run started again resumes."""
     # `strategy: auto` becomes the planner's pick for this machine, once, before any worker starts.
+    job = job if job.started_at else replace(job, started_at=time.time())
     job, planned = resolve_auto_strategy(job, quiet=bool(launched_rank()))
     job.check()
     config = job.config
@@ -60,7 +63,9 @@ def run_training(job: TrainJob) -> dict:
     restart = None
     for attempt in range(config.max_failures + 1):
         try:
-            result = _trainer(job, restart).fit()
+            # A restart's budget clock starts now, on top of what its checkpoint had spent.
+            attempt_job = job if attempt == 0 else replace(job, started_at=time.time())
+            result = _trainer(attempt_job, restart).fit()
             return {**_summary(Path(job.output_dir), result.metrics or {}), **planned}
         except TrainingFailedError as failed:
             failures = getattr(failed, "worker_failures", {}).values()

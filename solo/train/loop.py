@@ -21,22 +21,15 @@ from solo.faults import fault_point
 from solo.store import Restart, read_manifest, write_manifest
 from solo.tokens.shards import LoaderState, ShardLoader, TokenShards
 from solo.train import presets
+from solo.train.auto_strategy import resolve_auto_strategy
 from solo.train.checkpoints import UNIVERSAL, CheckpointSink, check_resumable, resumes_universal
 from solo.train.config import TrainConfig
-from solo.train.engines import make_engine
+from solo.train.engines import deepspeed_grad_clip, make_engine
 from solo.train.export import export_model
 from solo.train.hardware import host_peak_gb, peak_tflops, use_cuda
 from solo.train.job import TrainJob
 from solo.train.metrics import MetricsLog
-
-
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio × lr` at `max_steps`."""
-    o = config.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, config.max_steps - o.warmup_steps)
-    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+from solo.train.schedule import Budget, lr_factor
 
 
 def _record_restart(output_dir: Path, step: int, reason: str) -> None:
@@ -53,6 +46,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
     checkpoint is one too. Either way rank 0 records it in the stage's manifest, with the step it
     resumed from: 0 when no checkpoint had been committed and it started over."""
     fault_point("train.start")
+    if job.config.strategy == "auto":  # a caller that drives the loop itself (a benchmark) rather than run_training
+        job, _ = resolve_auto_strategy(job, quiet=dist.get_rank() != 0)
     config = job.config
     setup_started = time.time()
     rank, workers = dist.get_rank(), dist.get_world_size()
@@ -71,7 +66,9 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
     engine, optimizer, accumulation, _zero3_alive = make_engine(job, workers, device, load_universal=universal)
     trainable = [p for p in engine.module.parameters() if p.requires_grad]
 
-    step, state = 0, LoaderState()
+    # Each group's peak rate: Muon's matrices have their own (DeepSpeed tags the groups `use_muon`).
+    peak_lrs = [config.optim.muon_lr if group.get("use_muon") else config.optim.lr for group in optimizer.param_groups]
+    step, state, spent_before = 0, LoaderState(), 0.0
     if restored is not None:
         check_resumable(restored, config.engine)
         # The universal form is named by its own `latest_universal`; adapter checkpoints hold the adapters alone.
@@ -79,9 +76,12 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
                                            tag=None if universal else restored.tag,
                                            load_module_strict=not config.trains_adapters())
         step, state = client["step"], LoaderState(**client["loader"])
+        spent_before = client.get("spent_s", 0.0)  # absent in checkpoints written before max_minutes
         torch.set_rng_state(client["torch_rng"])
         if rank == 0:
-            print(f"resumed from step {step} (epoch {state.epoch}, row {state.position})", flush=True)
+            print(f"resumed from step {step} (epoch {state.epoch}, row {state.position}"
+                  + (f", {spent_before / 60:.1f} of {config.max_minutes} minutes spent" if config.max_minutes else "")
+                  + ")", flush=True)
     if rank == 0 and (restored is not None or restart is not None):
         outcome = "resumed from checkpoint" if restored is not None else "no checkpoint committed: started over"
         if restored is not None and restored.skipped:
@@ -93,7 +93,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
     val = TokenShards(Path(job.val_dir)) if job.val_dir and (Path(job.val_dir) / "index.json").exists() else None
     seq_len = train.shards.seq_len
     flops_per_token = presets.flops_per_token(engine.module.config, seq_len)
-    peak = peak_tflops()
+    device_tflops = peak_tflops()  # for MFU; None where unknown (a CPU)
     log = MetricsLog(output, enabled=rank == 0)
     if rank == 0:
         params = presets.parameter_count(engine.module.config)
@@ -106,19 +106,32 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
         else:
             what = (f"model {config.model}: {params / 1e6:.1f}M parameters; ZeRO-{config.strategy.zero_stage}, offload "
                     f"optimizer={config.strategy.offload_optimizer} params={config.strategy.offload_params}")
+        if deepspeed_grad_clip(config) != config.optim.grad_clip:
+            what += (f"; gradient clipping off (optim.grad_clip={config.optim.grad_clip}): DeepSpeed measures "
+                     "Muon's orthogonalized updates at ZeRO 1-2, not gradients")
         print(f"{what}; {flops_per_token / 1e6:.1f} MFLOPs/token; {workers} workers × micro-batch "
               f"{config.micro_batch} × {accumulation} accumulation = {config.global_batch} sequences/step; "
               f"engine ready in {time.time() - setup_started:.1f} s", flush=True)
 
     metrics: dict = {}
     tokens_per_step = config.global_batch * seq_len
+    budget = Budget.of(config)
+    # The budget's clock runs from the stage's start (or this attempt's, on a restart), so start-up and
+    # evaluations count; a resumed run adds what its checkpoint had spent. Rank 0's clock is the one read.
+    clock_start = job.started_at or setup_started
+
+    def spent_s() -> float:
+        return spent_before + time.time() - clock_start
+
+    spent = spent_before
     started, window_start, window_steps = time.time(), time.time(), 0
     first_step = step
     last_save = time.time()
-    while step < config.max_steps:
-        lr = learning_rate(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    last = budget.done(step, spent)
+    while not last:
+        lr_scale = lr_factor(step, budget.progress(step, spent), config.optim)
+        for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
+            group["lr"] = peak_lr * lr_scale
         loss_sum = torch.zeros((), device=device)
         for _ in range(accumulation):
             out = engine(**model_inputs(train.shards, next(batches), device))
@@ -127,26 +140,34 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
             loss_sum += out.loss.detach().float()
         step += 1
         window_steps += 1
-        # Workers' clocks differ, so rank 0 alone decides a time-based save; its vote rides on the loss
-        # all-reduce (a sum, others add 0) so every rank saves at the same step without another collective.
-        save_vote = float(rank == 0 and checkpoint_due(step, config, (time.time() - last_save) / 60))
-        reduced = torch.stack([loss_sum / accumulation, torch.tensor(save_vote, device=device)])
+        # Workers' clocks differ, so rank 0 alone reads the time: the seconds spent, and whether a time-based
+        # save is due, ride on the loss all-reduce (a sum, the others add 0), so every rank agrees on the
+        # learning rate, the last step and the steps that save, without another collective.
+        own_spent = spent_s() if rank == 0 else 0.0
+        save_vote = float(rank == 0 and (budget.done(step, own_spent)
+                                         or checkpoint_due(step, config, (time.time() - last_save) / 60)))
+        reduced = torch.stack([loss_sum / accumulation, torch.tensor(save_vote, device=device),
+                               torch.tensor(own_spent, device=device)])
         dist.all_reduce(reduced)
-        loss, save_now = reduced[0].item() / workers, reduced[1].item() > 0.5
+        loss, save_now, spent = reduced[0].item() / workers, reduced[1].item() > 0.5, reduced[2].item()
+        last = budget.done(step, spent)
 
-        if step % config.log_every == 0 or step == config.max_steps:
+        if step % config.log_every == 0 or last:
             elapsed = time.time() - window_start
             tokens_per_s = window_steps * tokens_per_step / elapsed
-            done = step - first_step
-            eta = (time.time() - started) / done * (config.max_steps - step)
-            metrics = {"step": step, "loss": round(loss, 4), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+            eta = budget.eta_s(step, spent, (time.time() - started) / (step - first_step))
+            metrics = {"step": step, "loss": round(loss, 4), "lr": config.optim.lr * lr_scale,
+                       "tokens_per_s": round(tokens_per_s, 1),
                        "tflops": round(tokens_per_s * flops_per_token / 1e12, 4),
-                       "host_peak_gb": round(host_peak_gb(), 3), "eta_s": round(eta, 1)}
-            if peak:
-                metrics["mfu"] = round(tokens_per_s * flops_per_token / 1e12 / (peak * workers), 4)
+                       "host_peak_gb": round(host_peak_gb(), 3), "eta_s": round(eta, 1),
+                       "minutes": round(spent / 60, 3)}
+            if config.optim.name == "muon":
+                metrics["muon_lr"] = config.optim.muon_lr * lr_scale
+            if device_tflops:
+                metrics["mfu"] = round(tokens_per_s * flops_per_token / 1e12 / (device_tflops * workers), 4)
             if cuda:
                 metrics["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
-            if val is not None and (step % config.eval_every == 0 or step == config.max_steps):
+            if val is not None and (step % config.eval_every == 0 or last):
                 metrics["val_loss"] = round(validation_loss(engine, val, rank, workers, config, device), 4)
                 if job.val_bytes_per_token:
                     metrics["val_bpb"] = round(metrics["val_loss"] / math.log(2) / job.val_bytes_per_token, 4)
@@ -155,7 +176,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
 
         if save_now:
             last_save = time.time()
-            client_state = {"step": step, "loader": vars(train.state).copy(), "torch_rng": torch.get_rng_state()}
+            client_state = {"step": step, "loader": vars(train.state).copy(), "torch_rng": torch.get_rng_state(),
+                            "spent_s": spent}
             sink.save(engine, step, client_state, metrics or {"step": step, "loss": loss},
                       exclude_frozen=config.trains_adapters())
         elif metrics.get("step") == step:

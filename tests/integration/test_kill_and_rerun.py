@@ -136,7 +136,8 @@ def test_finetune_worker_killed_mid_checkpoint_is_restarted_by_the_driver(tiny_m
     ZeRO-3 and CPU offload: the driver starts the group again from the first, which was committed."""
     args = ["--run", "f", "--model", str(tiny_model_dir), "--set", "max_steps=3", "--set", "checkpoint_every=1",
             "--set", "log_every=1", "--set", "eval_every=3", "--set", "max_examples=60", "--set", "seq_len=64",
-            "--set", "micro_batch=2", "--set", "global_batch=4"]
+            "--set", "micro_batch=2", "--set", "global_batch=4", "--set", "strategy.zero_stage=3",
+            "--set", "strategy.offload_optimizer=cpu", "--set", "strategy.offload_params=cpu"]
     out = finished(job("finetune", args, tmp_path, "train.checkpoint.written=kill@2"))
     assert "solo.faults: kill at train.checkpoint.written" in out and "training: restart 1 of at most 3" in out
     assert "resumed from step 1" in out

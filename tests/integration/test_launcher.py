@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 # which, with the one it resumed from, the last two are kept.
 PRETRAIN = ["--module", "jobs.pretrain", "--run", "launch", "--set", "max_steps=3", "--set", "checkpoint_every=1",
             "--set", "keep_checkpoints=2", "--set", "log_every=1", "--set", "eval_every=3", "--set", "eval_batches=1",
-            "--set", "micro_batch=2", "--set", "global_batch=4"]
+            "--set", "micro_batch=2", "--set", "global_batch=4", "--set", "optim.name=adamw",
+            "--set", "strategy.zero_stage=3", "--set", "strategy.offload_optimizer=cpu",
+            "--set", "strategy.offload_params=cpu"]
 
 
 def launch(env: dict, processes: int) -> subprocess.Popen:

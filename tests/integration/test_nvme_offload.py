@@ -29,7 +29,8 @@ def test_zero3_trains_with_params_and_optimizer_state_on_nvme(tiny_tokens, tmp_p
     done = subprocess.run(
         [str(deepspeed), "--num_gpus", "1", "--master_port", "29562", "--module", "jobs.pretrain", "--run", "nvme",
          "--set", "workers=1", "--set", "max_steps=2", "--set", "micro_batch=2", "--set", "global_batch=2",
-         "--set", "log_every=1", "--set", "eval_batches=1", "--set", "strategy.offload_optimizer=nvme",
+         "--set", "log_every=1", "--set", "eval_batches=1", "--set", "optim.name=adamw",
+         "--set", "strategy.zero_stage=3", "--set", "strategy.offload_optimizer=nvme",
          "--set", "strategy.offload_params=nvme", "--set", f"strategy.nvme_path={swap}"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr

@@ -235,9 +235,10 @@ def test_a_missing_or_wrong_api_key_is_a_401(server):
 
 def test_metrics_are_served(server, client):
     client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
-    text = served.metrics_text(server[1], KEY)
-    assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{MODEL}",status="200"}}' in text
-    assert f'solo_num_requests_waiting{{model="{MODEL}"}}' in text
+    names = {(s.name, s.labels.get("model_name")) for s in served.samples(served.metrics_text(server[1], KEY))}
+    for name in ("solo_requests_total", "vllm:num_requests_waiting", "vllm:num_requests_running",
+                 "vllm:time_to_first_token_seconds_count", "vllm:generation_tokens_total"):
+        assert (name, MODEL) in names, name
 
 
 def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_its_slot(server, client):
@@ -245,7 +246,7 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_its_slot
     kwargs = dict(model=MODEL, messages=QUESTION, max_tokens=budget, temperature=0)
     # Read to its end, this request takes its whole budget: fewer tokens below can only be a cut.
     assert client.chat.completions.create(**kwargs).usage.completion_tokens == budget
-    before = served.scrape(server[1], "solo_generation_tokens_total", MODEL, KEY)
+    before = served.scrape(server[1], "vllm:generation_tokens_total", MODEL, KEY)
     with client.chat.completions.create(**kwargs, stream=True) as stream:
         assert next(iter(stream)).choices[0].delta.role == "assistant"
     # Leaving the block closed the connection: the gateway stops streaming, gives back the request's
@@ -253,7 +254,7 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_its_slot
     # (tests/unit/test_engine_process.py); the replica then counts it no more.
     if not served.frees_its_slots(server[1], MODEL, KEY):
         pytest.fail("the generation of a client that left still holds its slot a minute later")
-    assert served.scrape(server[1], "solo_generation_tokens_total", MODEL, KEY) - before < budget
+    assert served.scrape(server[1], "vllm:generation_tokens_total", MODEL, KEY) - before < budget
 
 
 def test_64_concurrent_clients_all_succeed(server, client):

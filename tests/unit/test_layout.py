@@ -76,7 +76,7 @@ def test_no_source_file_over_500_lines():
 def test_a_package_per_stage_and_few_modules_flat_in_solo():
     flat = sorted(p.name for p in (REPO_ROOT / "solo").glob("*.py"))
     assert len(flat) <= 12, flat
-    for package in ("data", "tokens", "train", "evals", "serving", "cli"):
+    for package in ("data", "tokens", "train", "evals", "export", "serving", "cli"):
         assert (REPO_ROOT / "solo" / package / "__init__.py").is_file()
 
 
@@ -94,7 +94,7 @@ def test_readme_is_short_and_each_stage_has_a_page():
     readme = (REPO_ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 300
     assert "make demo" in readme and "make test" in readme
-    for page in ("data", "tokenizer", "training", "finetuning", "evaluation", "serving", "clusters"):
+    for page in ("data", "tokenizer", "training", "finetuning", "evaluation", "export", "serving", "clusters"):
         assert (REPO_ROOT / "docs" / f"{page}.md").is_file() and f"docs/{page}.md" in readme
 
 

@@ -202,7 +202,7 @@ def test_strategy_auto_resolves_on_cpu_to_plain_fp32_data_parallelism(tmp_path, 
     assert record["strategy"] == "auto: ZeRO-0 · fp32" and record["planned_host_gb"] > 0
     assert "planned_gpu_gb" not in record
     assert "strategy: auto: ZeRO-0 · fp32" in capsys.readouterr().out
-    explicit = load_config(TrainConfig, None, ["device=cpu"])
+    explicit = load_config(TrainConfig, None, ["device=cpu", "strategy.zero_stage=0"])
     explicit_job = auto_job(tmp_path / "explicit", tiny_model_dir, explicit)
     assert resolve_auto_strategy(explicit_job) == (explicit_job, {})
 

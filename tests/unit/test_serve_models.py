@@ -29,6 +29,7 @@ from solo.serving.run import check_resources, wait_until_healthy
 from solo.serving.vllm_engine import max_lora_rank, to_delta
 from tests.api import USER
 from tests.fakes import FakeEngine
+from tests.served import samples
 
 
 def model_folder(root: Path, name: str) -> Path:
@@ -221,12 +222,17 @@ def test_the_gateway_routes_by_model_and_lists_adapters_with_their_parent(tokeni
         assert text["choices"][0]["text"] == tokenizer.decode(engine.script) and len(engine.calls) == 2
     missing = client.post("/v1/chat/completions", json={"model": "c", "messages": USER})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
-    metrics = client.get("/metrics").text
+    metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(client.get("/metrics").text)}
     for name in scripts:
-        assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{name}",status="200"}} 1.0' in metrics
-        assert f'solo_requests_in_flight{{model="{name}"}} 0.0' in metrics
-    assert 'solo_requests_total{endpoint="/v1/chat/completions",model="",status="404"} 1.0' in metrics
-    assert 'solo_num_requests_waiting{model="a-lora"}' not in metrics, "an adapter runs on its base's engine"
+        assert metrics["solo_requests_total", (("endpoint", "/v1/chat/completions"), ("model_name", name),
+                                               ("status", "200"))] == 1
+        assert metrics["solo_requests_in_flight", (("model_name", name),)] == 0
+        assert metrics["vllm:generation_tokens_total", (("model_name", name),)] == 2 * len(scripts[name].script)
+    assert metrics["solo_requests_total", (("endpoint", "/v1/chat/completions"), ("model_name", ""),
+                                           ("status", "404"))] == 1
+    assert ("vllm:num_requests_waiting", (("model_name", "a"),)) in metrics
+    assert ("vllm:num_requests_waiting", (("model_name", "a-lora"),)) not in metrics, \
+        "an adapter runs on its base's engine"
     with pytest.raises(ValueError, match="distinct names"):
         build_gateway([ServedModel("a", scripts["a"], tokenizer)] * 2, max_new_tokens=8)
 

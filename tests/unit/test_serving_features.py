@@ -1,5 +1,6 @@
-"""Gateway features beyond one chat completion, over the scripted fake engine: /v1/completions,
-/metrics, API keys, rate limits, the 503 queue bound, size limits and tool calls."""
+"""Gateway features beyond one chat completion, over the scripted fake engine: /v1/completions, API keys
+and their names, rate limits in requests and in tokens, the 503 queue bound, size limits, tool calls and
+the chat page's files. (/metrics: test_serving_metrics.py.)"""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
+from solo.errors import SoloError
 from solo.serving import grammar
 from solo.serving.engine import TokenLogprob
 from solo.serving.http.app import build_gateway
 from solo.serving.http.service import ServedModel
-from solo.serving.security import Limits, RateLimiter, digest, read_key_digests
+from solo.serving.security import Limits, RateLimiter, TokenRateLimiter, digest, read_api_keys
 from solo.serving.tools import ToolCallStream
 from solo.tokens.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from tests.api import MODEL, USER, assert_error, events
 from tests.fakes import FakeEngine
+from tests.served import samples
 from tests.waits import until, wait_until
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -76,47 +79,42 @@ def test_text_completion_errors(tokenizer, body, status, param, code):
     assert_error(gateway(FakeEngine([1]), tokenizer).post("/v1/completions", json=body), status, param=param, code=code)
 
 
-# ---------------------------------------------------------------- /metrics
-
-
-def test_metrics_count_requests_tokens_and_latency(tokenizer):
-    client = gateway(scripted(tokenizer, "Hi there"), tokenizer)
-    client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
-    client.post("/v1/chat/completions", json={"model": "nope", "messages": USER})
-    text = client.get("/metrics").text
-    assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{MODEL}",status="200"}} 1.0' in text
-    assert f'solo_requests_total{{endpoint="/v1/chat/completions",model="{MODEL}",status="404"}} 1.0' in text
-    completion = len(tokenizer.encode("Hi there", add_special_tokens=False)) + 1
-    assert f'solo_generation_tokens_total{{model="{MODEL}"}} {float(completion)}' in text
-    assert f'solo_time_to_first_token_seconds_count{{model="{MODEL}"}} 1.0' in text
-    assert f'solo_e2e_request_latency_seconds_count{{model="{MODEL}"}} 1.0' in text
-    for gauge in ("solo_num_requests_waiting", "solo_num_requests_running", "solo_requests_in_flight"):
-        assert f'{gauge}{{model="{MODEL}"}} 0.0' in text
-    client.get("/v1/made-up")
-    assert 'endpoint="other"' in client.get("/metrics").text
-
-
 # ---------------------------------------------------------------- keys, limits, overload
 
 
 def test_api_keys_are_required_when_configured(tokenizer):
-    client = gateway(FakeEngine([1]), tokenizer, key_digests=frozenset({digest("sk-good")}))
+    client = gateway(FakeEngine([1]), tokenizer, api_keys={digest("sk-good"): "ops"})
     assert_error(client.get("/v1/models"), 401, code="invalid_api_key")
     assert_error(client.get("/v1/models", headers={"Authorization": "Bearer sk-bad"}), 401, code="invalid_api_key")
     assert client.get("/v1/models", headers={"Authorization": "Bearer sk-good"}).status_code == 200
     assert client.get("/health").status_code == 200, "probes need no key"
 
 
-def test_keys_come_from_the_environment_and_a_file_and_are_kept_hashed(tmp_path):
+def test_keys_come_from_the_environment_and_a_file_with_their_names_and_are_kept_hashed(tmp_path):
     keys = tmp_path / "keys"
-    keys.write_text("# ops\nsk-file\n\n")
-    digests = read_key_digests(str(keys), environ={"SOLO_API_KEYS": "sk-a, sk-b,"})
-    assert digests == {digest("sk-a"), digest("sk-b"), digest("sk-file")}
-    assert not any("sk-" in d for d in digests)
+    keys.write_text("# ops\nsk-file\n\n  ci   sk-ci  \n")
+    read = read_api_keys(str(keys), environ={"SOLO_API_KEYS": "sk-a, laptop=sk-b,"})
+    assert read == {digest("sk-a"): f"key-{digest('sk-a')[:8]}", digest("sk-b"): "laptop",
+                    digest("sk-file"): f"key-{digest('sk-file')[:8]}", digest("sk-ci"): "ci"}
+    assert not any("sk-" in text for pair in read.items() for text in pair), "only digests and names are kept"
+
+
+@pytest.mark.parametrize("file_text, environ, message", [
+    ("ci sk-1 extra\n", "", "line 1 of .* has 3 fields: write `NAME KEY` or `KEY`"),
+    ("", "laptop=", r"item 1 of \$SOLO_API_KEYS names a key but gives none"),
+    ("", "ok=sk-1, sk-2/name=sk-2", r"item 2 of \$SOLO_API_KEYS: a key's name is letters, digits"),
+    ("ci sk-3\nops sk-3\n", "", "line 2 of .* gives again the key named 'ci', under another name"),
+])
+def test_a_mistake_in_the_keys_is_one_line_that_never_shows_a_key(tmp_path, file_text, environ, message):
+    keys = tmp_path / "keys"
+    keys.write_text(file_text)
+    with pytest.raises(SoloError, match=message) as caught:
+        read_api_keys(str(keys), environ={"SOLO_API_KEYS": environ})
+    assert "sk-" not in str(caught.value)
 
 
 def test_a_rate_limited_key_gets_a_429_with_retry_after(tokenizer):
-    client = gateway(FakeEngine([1]), tokenizer, key_digests=frozenset({digest("k1"), digest("k2")}), rate_limit_rpm=2)
+    client = gateway(FakeEngine([1]), tokenizer, api_keys={digest("k1"): "one", digest("k2"): "two"}, rate_limit_rpm=2)
     first = {"Authorization": "Bearer k1"}
     assert [client.get("/v1/models", headers=first).status_code for _ in range(2)] == [200, 200]
     response = client.get("/v1/models", headers=first)
@@ -132,6 +130,49 @@ def test_the_rate_limiter_refills_over_time():
     assert limiter.retry_after("a") == 1
     now[0] += 1.0
     assert limiter.retry_after("a") == 0 and limiter.retry_after("a") == 1
+
+
+def test_the_token_limiter_counts_a_sliding_minute_per_caller():
+    now = [0.0]
+    limiter = TokenRateLimiter(per_minute=100, clock=lambda: now[0])
+    limiter.record("a", 60)
+    assert limiter.retry_after("a") == 0, "under its limit"
+    now[0] = 10.0
+    limiter.record("a", 50)
+    now[0] = 20.0
+    assert limiter.retry_after("a") == 40, "110 used: under again once the 60 of t=0 leave the minute, at t=60"
+    assert limiter.retry_after("b") == 0, "limits are per caller"
+    now[0] = 60.0
+    assert limiter.retry_after("a") == 0
+    assert TokenRateLimiter(per_minute=0).retry_after("a") == 0, "0: no limit"
+
+
+def test_a_key_over_its_tokens_a_minute_gets_a_429_until_its_minute_has_passed(tokenizer):
+    now = [1000.0]
+    keys = {digest("k1"): "one", digest("k2"): "two"}
+    app = build_gateway([ServedModel(MODEL, scripted(tokenizer, "Hi there"), tokenizer)], max_new_tokens=64,
+                        limits=Limits(api_keys=keys, rate_limit_tpm=10), clock=lambda: now[0])
+    client = TestClient(app, raise_server_exceptions=False)
+    one, two = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    stream = {"model": MODEL, "messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    # Under its limit, a request is let in, however many tokens it then uses; they count when it ends.
+    usage = events(client.post("/v1/chat/completions", json=stream, headers=one))[-2]["usage"]
+    assert usage["total_tokens"] > 10, "the request alone spends the key's minute"
+    refused = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER}, headers=one)
+    assert_error(refused, 429, type_="rate_limit_error", code="rate_limit_exceeded")
+    assert refused.headers["retry-after"] == "60" and "tokens per minute" in refused.json()["error"]["message"]
+    assert client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=one).status_code == 429
+    assert client.get("/v1/models", headers=one).status_code == 200, "only generations spend tokens"
+    assert client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER},
+                       headers=two).status_code == 200, "limits are per key"
+    now[0] += 59
+    assert client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER}, headers=one).headers[
+        "retry-after"] == "1"
+    now[0] += 1
+    whole = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER}, headers=one)
+    assert whole.status_code == 200, "admitted again once the minute has passed"
+    assert client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER},
+                       headers=one).status_code == 429, "and a whole answer counts as a streamed one does"
 
 
 def test_an_oversized_body_is_a_413(tokenizer):
@@ -337,5 +378,22 @@ def test_n_choices_each_from_its_own_generation(tokenizer):
     assert chunks[-1]["usage"]["completion_tokens"] == 2 * one
     text = client.post("/v1/completions", json={"model": MODEL, "prompt": "Once", "n": 2, "max_tokens": 20}).json()
     assert [c["text"] for c in text["choices"]] == [" and then"] * 2
-    in_flight = re.search(r"^solo_requests_in_flight\{[^}]*\} (\S+)$", client.get("/metrics").text, re.M)
-    assert float(in_flight.group(1)) == 0, "every choice's admission was given back"
+    (in_flight,) = [s.value for s in samples(client.get("/metrics").text) if s.name == "solo_requests_in_flight"]
+    assert in_flight == 0, "every choice's admission was given back"
+
+
+# ---------------------------------------------------------------- the chat page's files
+
+
+def test_the_chat_page_and_its_files_are_served_to_anyone_and_load_nothing_from_elsewhere(tokenizer):
+    client = gateway(FakeEngine([1]), tokenizer, api_keys={digest("sk-good"): "ops"}, rate_limit_rpm=1)
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"].startswith("default-src 'self';"), "the browser holds it to that"
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sorted(assets) == ["static/chat.css", "static/chat.js"]
+    for asset in assets:  # no key asked, no limit counted: the page must load to ask for the key
+        response = client.get(f"/{asset}")
+        assert response.status_code == 200 and response.text
+        assert not re.search(r"(https?:)?//[\w.-]+\.\w", response.text), f"{asset} reaches outside the server"
+    assert_error(client.get("/v1/models"), 401, code="invalid_api_key")

@@ -37,6 +37,10 @@ def cpu_described_once(monkeypatch):
 
 _cpu_info = functools.cache(cpuinfo.get_cpu_info)
 
+# What make_engine hands the stream engine: a resolved strategy, and AdamW (Muon does not run in it).
+STREAM = load_config(TrainConfig, None, ["engine=stream", "optim.name=adamw", "optim.schedule=cosine",
+                                         "strategy.precision=fp32"])
+
 
 def tiny_llama():
     """The demo shape cut to two decoder layers, seeded."""
@@ -64,7 +68,7 @@ def test_gradients_equal_a_plain_pytorch_backward():
 
     model = tiny_llama()
     reference = copy.deepcopy(model)
-    engine = StreamEngine(model, TrainConfig(), torch.device("cpu"), accumulation=2)
+    engine = StreamEngine(model, STREAM, torch.device("cpu"), accumulation=2)
     inputs = micro_batch(1)
 
     for _ in range(2):  # two micro-batches accumulate, each scaled by 1/2 as DeepSpeed scales them
@@ -88,10 +92,11 @@ def test_optimizer_step_overlaps_the_next_forward_and_changes_no_bit(monkeypatch
     the head's update (the overlap)."""
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-    from solo.train.loop import learning_rate
+    from solo.train.schedule import learning_rate
     from solo.train.stream import StreamEngine
 
-    config = load_config(TrainConfig, None, ["optim.warmup_steps=2", "max_steps=3"])
+    config = load_config(TrainConfig, None, ["optim.warmup_steps=2", "max_steps=3", "optim.name=adamw",
+                                             "optim.schedule=cosine", "strategy.precision=fp32"])
     model = tiny_llama()
     overlapped = StreamEngine(copy.deepcopy(model), config, torch.device("cpu"), accumulation=2)
     serial = StreamEngine(model, config, torch.device("cpu"), accumulation=2)
@@ -165,7 +170,7 @@ def test_optimizer_step_overlaps_the_next_forward_and_changes_no_bit(monkeypatch
 def test_an_error_in_the_background_optimizer_step_is_raised_in_the_training_thread(monkeypatch):
     from solo.train.stream import StreamEngine
 
-    engine = StreamEngine(tiny_llama(), TrainConfig(), torch.device("cpu"), accumulation=1)
+    engine = StreamEngine(tiny_llama(), STREAM, torch.device("cpu"), accumulation=1)
 
     def broken_update(*args):
         raise RuntimeError("the CPU Adam kernel failed")
@@ -213,12 +218,14 @@ def test_stream_engine_matches_deepspeed_and_resumes_exactly(tmp_path, tiny_mode
 
     def run(name: str, engine: str, resume_from: Path | None = None) -> Path:
         # Two micro-batches per step (accumulation), validation at step 3, a checkpoint every 3 steps;
-        # DeepSpeed as TrainConfig's defaults set it: ZeRO-3, optimizer and parameters offloaded to CPU.
+        # DeepSpeed at ZeRO-3 with the optimizer and the parameters offloaded to CPU, AdamW on both sides.
         # Both start from the same saved weights: ZeRO-3 initializes a new model inside its partitions,
         # which draws other random numbers than a whole model does from the same seed.
         config = load_config(TrainConfig, None, [
             f"engine={engine}", "workers=1", "micro_batch=2", "global_batch=4", "max_steps=6", "log_every=1",
-            "eval_every=3", "eval_batches=2", "checkpoint_every=3", "optim.warmup_steps=2"])
+            "eval_every=3", "eval_batches=2", "checkpoint_every=3", "optim.warmup_steps=2", "optim.name=adamw",
+            "optim.schedule=cosine", "strategy.zero_stage=3", "strategy.offload_optimizer=cpu",
+            "strategy.offload_params=cpu"])
         output = tmp_path / name
         output.mkdir()
         job = TrainJob(config=config, train_dir=str(rows / "train"), val_dir=str(rows / "val"),
@@ -241,7 +248,7 @@ def test_stream_engine_matches_deepspeed_and_resumes_exactly(tmp_path, tiny_mode
     # of 1.77M moved 1.4e-4 apart with the packages of 2026-12): all but a few agree to 1e-4, and none
     # is more than one step (the peak learning rate) apart.
     assert (differences > 1e-4).sum() <= differences.numel() * 1e-5
-    assert differences.max() <= TrainConfig().optim.lr
+    assert differences.max() <= STREAM.optim.lr
 
     # From its own step-3 checkpoint: the same steps 4–6, bit for bit.
     resumed = run("resumed", "stream", resume_from=tmp_path / "stream-checkpoints" / "step_3")
@@ -265,4 +272,4 @@ def test_stream_engine_is_for_full_weight_training():
     with pytest.raises(SoloError, match="engine: stream trains every weight"):
         load_config(FinetuneConfig, None, ["engine=stream", "method=qlora"])
     with pytest.raises(SoloError, match="fp32 or bf16"):
-        load_config(TrainConfig, None, ["engine=stream", "strategy.precision=fp16"])
+        load_config(TrainConfig, None, ["engine=stream", "strategy.precision=fp16", "optim.name=adamw"])

@@ -3,7 +3,7 @@ with tool calls parsed from it, whole or streamed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from fastapi import APIRouter, Request
@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from solo.serving.engine import SamplingParams, TokenLogprob
 from solo.serving.grammar import check_schema
 from solo.serving.http.errors import APIError
-from solo.serving.http.service import Models, ModelService, respond
+from solo.serving.http.service import Admitted, Models, ModelService, respond
 from solo.serving.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -64,9 +64,9 @@ class ChatService:
         return prompt_ids, params
 
     async def complete(self, request: ChatCompletionRequest, prompt_ids: list[int], params: SamplingParams,
-                       leave: Callable[[], None]) -> ChatCompletionResponse:
+                       admitted: Admitted) -> ChatCompletionResponse:
         async def choice(index: int, params: SamplingParams) -> tuple[Choice, int]:
-            pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings)]
+            pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings, admitted)]
             text, finish = "".join(p.text for p in pieces), pieces[-1].finish_reason
             if request.forced_tools:  # the markers were the prompt's and the stop token: parse as if written
                 text = TOOL_CALL_OPEN + text + (TOOL_CALL_CLOSE if finish == "stop" else "")
@@ -80,13 +80,13 @@ class ChatService:
                           finish_reason=_chat_finish(finish, bool(calls)), logprobs=logprobs), \
                 pieces[-1].completion_tokens
 
-        choices = await self.model.each_choice(choice, params, request.n or 1, leave)
+        choices = await self.model.each_choice(choice, params, request.n or 1, admitted)
         return ChatCompletionResponse(
             id=completion_id(), created=now(), model=self.model.model_name, choices=[c for c, _ in choices],
             usage=Usage.of(len(prompt_ids), sum(tokens for _, tokens in choices)))
 
     async def stream(self, request: ChatCompletionRequest, prompt_ids: list[int], params: SamplingParams,
-                     leave: Callable[[], None]) -> AsyncIterator[ChatCompletionChunk]:
+                     admitted: Admitted) -> AsyncIterator[ChatCompletionChunk]:
         id_, created, name = completion_id(), now(), self.model.model_name
         produced = {}
 
@@ -103,7 +103,7 @@ class ChatService:
             tools = ToolCallStream() if request.parses_tool_calls else None
             if request.forced_tools:
                 tools.push(TOOL_CALL_OPEN)
-            async for piece in self.model.run(prompt_ids, params, request.stop_strings):
+            async for piece in self.model.run(prompt_ids, params, request.stop_strings, admitted):
                 final = piece.finish_reason is not None
                 content, calls = piece.text, []
                 pending.extend(piece.logprobs)
@@ -122,7 +122,7 @@ class ChatService:
                     yield chunk(DeltaMessage(), _chat_finish(piece.finish_reason, bool(tools and tools.calls)))
                     produced[index] = piece.completion_tokens
 
-        async for chunk in self.model.each_choice_streamed(choice, params, request.n or 1, leave):
+        async for chunk in self.model.each_choice_streamed(choice, params, request.n or 1, admitted):
             yield chunk
         if request.include_usage:
             yield ChatCompletionChunk(id=id_, created=created, model=name, choices=[],
@@ -155,6 +155,6 @@ def chat_router(models: Models) -> APIRouter:
     @router.post("/v1/chat/completions", response_model=None)
     async def create_chat_completion(request: ChatCompletionRequest,
                                      http: Request) -> ChatCompletionResponse | StreamingResponse:
-        return await respond(ChatService(models.get(request.model, http)), request)
+        return await respond(ChatService(models.get(request.model, http)), request, http)
 
     return router

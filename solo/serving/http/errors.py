@@ -20,13 +20,15 @@ log = logging.getLogger(__name__)
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+        self.headers = headers  # such as a 429's Retry-After
 
     def response(self) -> JSONResponse:
-        return JSONResponse(ErrorResponse(error=self.detail).model_dump(), status_code=self.status)
+        return JSONResponse(ErrorResponse(error=self.detail).model_dump(), status_code=self.status,
+                            headers=self.headers)
 
 
 _UNION_MEMBER_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from solo.serving.protocol import (
     SamplingRequest,
     now,
 )
+from solo.serving.security import Caller, TokenRateLimiter
 from solo.tokens.tokenizer import stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,20 @@ class Piece:
 
 class Admission:
     """At most `limit` generations in flight at the gateway, whatever their models; one more is a
-    503, not a queue that grows until every client times out."""
+    503, not a queue that grows until every client times out. None for a caller over its tokens a
+    minute: a 429 that says when to come back."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, tokens: TokenRateLimiter) -> None:
         self.limit = limit
+        self.tokens = tokens
         self.in_flight: collections.Counter[str] = collections.Counter()  # by model
 
-    def enter(self, model: str) -> Callable[[], None]:
+    def enter(self, model: str, caller: Caller) -> Callable[[], None]:
+        wait = self.tokens.retry_after(caller.limited_as)
+        if wait:
+            raise APIError(429, f"Rate limit reached for tokens per minute (TPM): limit {self.tokens.per_minute}. "
+                                f"Please try again in {wait}s.", type="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(wait)})
         if self.in_flight.total() >= self.limit:
             raise APIError(503, "The server is overloaded with requests. Please retry shortly.",
                            type="server_error", code="overloaded")
@@ -67,6 +74,23 @@ class Admission:
                 self.in_flight[model] -= 1
 
         return leave
+
+
+class Admitted:
+    """A generation request let in at the gateway. It holds its slot and adds up the tokens its choices
+    generate until it leaves; then the key that sent it is charged what it used, as its `usage` says (the
+    prompt once a token came of it: a request that failed before any did not cost its prompt's prefill)."""
+
+    def __init__(self, prompt_tokens: int, settle: Callable[[int, int], None]) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.generated = 0
+        self._settle: Callable[[int, int], None] | None = settle
+
+    def leave(self) -> None:
+        """Give the slot back and settle the account; once, however the request ended."""
+        if self._settle is not None:
+            settle, self._settle = self._settle, None
+            settle(self.prompt_tokens if self.generated else 0, self.generated)
 
 
 @dataclass(frozen=True)
@@ -97,9 +121,16 @@ class ModelService:
         self.texts = TokenTexts(tokenizer)
         self.created = now()
 
-    def admit(self) -> Callable[[], None]:
-        """Count a generation of this model in flight (or refuse it); call what it returns when it ends."""
-        return self.admission.enter(self.model_name)
+    def admit(self, caller: Caller, prompt_tokens: int) -> Admitted:
+        """Let a generation request of `caller` in (or refuse it): it leaves when its last choice has ended."""
+        release = self.admission.enter(self.model_name, caller)
+
+        def settle(prompt_tokens: int, generated: int) -> None:
+            release()
+            self.metrics.key_usage(caller.key_name, self.model_name, prompt_tokens, generated)
+            self.admission.tokens.record(caller.limited_as, prompt_tokens + generated)
+
+        return Admitted(prompt_tokens, settle)
 
     def model_card(self) -> ModelCard:
         return ModelCard(id=self.model_name, created=self.created, max_model_len=self.engine.max_context,
@@ -127,7 +158,7 @@ class ModelService:
             logprobs=request.wanted_logprobs,
         )
 
-    async def each_choice(self, choice: Callable, params: SamplingParams, n: int, leave: Callable[[], None]) -> list:
+    async def each_choice(self, choice: Callable, params: SamplingParams, n: int, admitted: Admitted) -> list:
         """`choice(index, params)` for each of the n choices a request asked for, together; the
         request's admission is held until the last has ended, however they end."""
         try:
@@ -139,43 +170,50 @@ class ModelService:
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
         finally:
-            leave()
+            admitted.leave()
 
     async def each_choice_streamed(self, choice: Callable, params: SamplingParams, n: int,
-                                   leave: Callable[[], None]) -> AsyncIterator:
+                                   admitted: Admitted) -> AsyncIterator:
         """The chunks of the n choices' streams, as each produces them."""
         try:
             async with aclosing(merge([choice(i, p) for i, p in enumerate(self.fan_out(params, n))])) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
-            leave()
+            admitted.leave()
 
     @staticmethod
     def fan_out(params: SamplingParams, n: int) -> list[SamplingParams]:
         # A seeded request stays reproducible with n > 1: choice i samples with seed + i.
         return [params if params.seed is None else replace(params, seed=params.seed + i) for i in range(n)]
 
-    async def run(self, prompt_ids: list[int], params: SamplingParams, stop_strings: list[str]
-                  ) -> AsyncIterator[Piece]:
-        """Text as the engine produces it; stops the engine at a stop string."""
-        started, first, produced = time.perf_counter(), None, 0
+    async def run(self, prompt_ids: list[int], params: SamplingParams, stop_strings: list[str],
+                  admitted: Admitted) -> AsyncIterator[Piece]:
+        """Text as the engine produces it; stops the engine at a stop string. Measured, and its tokens
+        counted on the request's account."""
+        meter, produced = self.metrics.generation(self.model_name, len(prompt_ids)), 0
         hidden = set(self.stop_token_ids) | set(params.stop_token_ids)
         text = TextStream(self.tokenizer, hidden, stop_strings)
+        ended = "abort"  # unless it finishes or fails: whoever read it stopped (a client that left)
         try:
             async with aclosing(self.engine.generate(prompt_ids, params)) as deltas:
                 async for delta in deltas:
-                    first = first or time.perf_counter()
+                    meter.arrived(len(delta.token_ids))
+                    admitted.generated += len(delta.token_ids)
                     produced += len(delta.token_ids)
                     piece = text.push(delta.token_ids, final=delta.finish_reason is not None)
                     finish = "stop" if text.stopped else delta.finish_reason
+                    ended = finish or ended
                     yield Piece(piece, finish, produced,
                                 [lp for lp in delta.logprobs or [] if lp.token_id not in hidden])
                     if finish is not None:
                         return
             raise RuntimeError("the engine ended a generation without a finish reason")
+        except Exception:
+            ended = "error"
+            raise
         finally:
-            self.metrics.generation(self.model_name, started, first, len(prompt_ids), produced)
+            meter.ended(ended)
 
 
 async def merge(streams: list[AsyncIterator]) -> AsyncIterator:
@@ -260,17 +298,17 @@ class GenerationService(Protocol):
 
     def prepare(self, request) -> tuple[list[int], SamplingParams]: ...
     async def complete(self, request, prompt_ids: list[int], params: SamplingParams,
-                       leave: Callable[[], None]) -> BaseModel: ...
+                       admitted: Admitted) -> BaseModel: ...
     def stream(self, request, prompt_ids: list[int], params: SamplingParams,
-               leave: Callable[[], None]) -> AsyncIterator[BaseModel]: ...
+               admitted: Admitted) -> AsyncIterator[BaseModel]: ...
 
 
-async def respond(service: GenerationService,
-                  request: ChatCompletionRequest | CompletionRequest) -> BaseModel | StreamingResponse:
-    """The answer to `request`, whole or as server-sent events; a bad request fails here, while a status can
-    still be sent."""
+async def respond(service: GenerationService, request: ChatCompletionRequest | CompletionRequest,
+                  http: Request) -> BaseModel | StreamingResponse:
+    """The answer to `request`, whole or as server-sent events, for the caller the guard named in `http`'s
+    state; a bad request fails here, while a status can still be sent."""
     prompt_ids, params = service.prepare(request)  # errors are raised here, while a status can still be sent
-    leave = service.model.admit()
+    admitted = service.model.admit(http.state.caller, len(prompt_ids))
     if request.stream:
-        return _event_stream(service.stream(request, prompt_ids, params, leave))
-    return await service.complete(request, prompt_ids, params, leave)
+        return _event_stream(service.stream(request, prompt_ids, params, admitted))
+    return await service.complete(request, prompt_ids, params, admitted)
