@@ -261,6 +261,9 @@ def main() -> None:
               "streamed message (Ray Serve's proxy, the gateway, the model's replica relaying the engine's tokens; "
               "and the client parsing SSE), on the same cores as the engine: its share of the throughput is small "
               "where a request's engine work is large, and most of it where that work is a few milliseconds."]
+    if args.llama_cpp_levels:
+        lines += ["", "llama.cpp's rows: llama-cpp-python's OpenAI server on the q8_0 GGUF that `solo export --format "
+                  f"gguf --quant q8_0` writes, with {args.threads} thread(s) as solo's engine, the same requests."]
     record("serve_cpu", report, "\n".join(lines))
     print("\n".join(lines))
     for run in runs:

@@ -70,6 +70,10 @@ def apply_override(tree: dict, path: list[str], value: object) -> None:
     node = tree
     for part in path[:-1]:
         child = node.setdefault(part, {})
+        if isinstance(child, str):
+            # A word that stands for a whole section (`strategy: auto`): writing inside it means the section,
+            # spelled out. What does not fit the schema then fails validation, naming this --set.
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"--set {'.'.join(path)}: {part} is not a section")
         node = child

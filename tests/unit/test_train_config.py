@@ -131,3 +131,19 @@ def test_the_launchers_process_count_must_match_workers(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SoloError, match="launcher started 2 processes but the config says workers: 1.*--set workers=2"):
         start_launched(load_config(TrainConfig, None, ["workers=1", "micro_batch=2", "global_batch=4"]))
+
+
+def test_a_set_inside_strategy_auto_spells_the_strategy_out():
+    """configs/pretrain/default.yaml says `strategy: auto`; `--set strategy.zero_stage=3` asks for a strategy."""
+    config = load_config(TrainConfig, "configs/pretrain/default.yaml",
+                         ["optim.name=adamw", "strategy.zero_stage=3", "strategy.offload_optimizer=cpu"])
+    assert config.strategy.zero_stage == 3 and config.strategy.offload_optimizer == "cpu"
+    with pytest.raises(SoloError, match="--set max_steps.every: max_steps"):
+        load_config(TrainConfig, "configs/pretrain/default.yaml", ["max_steps.every=3"])
+
+
+def test_muon_at_zero_1_and_2_leaves_clipping_to_its_fixed_size_updates():
+    """DeepSpeed measures Muon's orthogonalized updates at ZeRO 1-2, so clipping is off there, and only there."""
+    for stage, optim, clip in [(0, "muon", 1.0), (2, "muon", 0.0), (1, "muon", 0.0), (2, "adamw", 1.0)]:
+        config = TrainConfig(strategy={"zero_stage": stage}, optim={"name": optim})
+        assert deepspeed_config(config, workers=2)["gradient_clipping"] == clip, (stage, optim)
