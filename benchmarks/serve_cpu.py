@@ -97,22 +97,25 @@ def bench_served(model: Path, levels: list[int], max_tokens: int, threads: int, 
 
 
 def llama_cpp_server(gguf: Path, threads: int, port: int) -> subprocess.Popen:
-    """llama-cpp-python's OpenAI server on `gguf`, answering as model `bench` on 127.0.0.1:`port` once ready."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "bench", "--host",
-         "127.0.0.1", "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-         "--n_ctx", "2048"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """llama-cpp-python's OpenAI server on `gguf`, answering as model `bench` on 127.0.0.1:`port` once ready.
+    Its log goes to a file beside the GGUF: a pipe nobody reads would fill with its loader's lines and stop it."""
+    log = gguf.with_suffix(".log")
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "bench", "--host",
+             "127.0.0.1", "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+             "--n_ctx", "2048"], stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SoloError(f"llama.cpp's server exited: {server.stderr.read()[-2000:]}")
+            raise SoloError(f"llama.cpp's server exited: {log.read_text()[-2000:]}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
             return server
         except OSError:
             time.sleep(0.5)
     server.terminate()
-    raise SoloError("llama.cpp's server did not answer within 120 s")
+    raise SoloError(f"llama.cpp's server did not answer within 120 s: {log.read_text()[-2000:]}")
 
 
 def bench_llama_cpp(gguf: Path, levels: list[int], max_tokens: int, threads: int, rounds: int) -> list[dict]:

@@ -25,10 +25,10 @@ from solo.train.auto_strategy import resolve_auto_strategy
 from solo.train.checkpoints import UNIVERSAL, CheckpointSink, check_resumable, resumes_universal
 from solo.train.config import TrainConfig
 from solo.train.engines import deepspeed_grad_clip, make_engine
-from solo.train.export import export_model
 from solo.train.hardware import host_peak_gb, peak_tflops, use_cuda
 from solo.train.job import TrainJob
 from solo.train.metrics import MetricsLog
+from solo.train.save import save_model
 from solo.train.schedule import Budget, lr_factor
 
 
@@ -183,7 +183,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
         elif metrics.get("step") == step:
             sink.report(metrics)
 
-    export_model(engine, job, rank)
+    save_model(engine, job, rank)
     log.close()
     dist.barrier()
     return metrics

@@ -12,7 +12,7 @@ from solo.train.adapters import merge_into_base
 from solo.train.job import TrainJob
 
 
-def export_model(engine, job: TrainJob, rank: int) -> None:
+def save_model(engine, job: TrainJob, rank: int) -> None:
     """Consolidate the (possibly sharded) weights into a Hugging Face folder on rank 0; for LoRA/QLoRA,
     the adapters in peft's format under adapter/ and, with `merge`, the merged model under model/."""
     if job.config.trains_adapters():
@@ -34,8 +34,19 @@ def save_tokenizer(job: TrainJob, target: Path) -> None:
     """The tokenizer (with its chat template) and the stop tokens beside the weights, as serving wants them."""
     tokenizer = load(job.tokenizer_dir)
     tokenizer.save_pretrained(str(target))
-    GenerationConfig(eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                     max_new_tokens=256).save_pretrained(str(target))
+    generation_config(job, tokenizer).save_pretrained(str(target))
+
+
+def generation_config(job: TrainJob, tokenizer) -> GenerationConfig:
+    """A fine-tuned model keeps its base's generation config (a published checkpoint's sampling defaults), with
+    every end-of-turn token of its template among the eos ids; a model trained from scratch gets solo's."""
+    stops = stop_token_ids(tokenizer)
+    if job.init_model_dir and (Path(job.init_model_dir) / "generation_config.json").is_file():
+        config = GenerationConfig.from_pretrained(job.init_model_dir)
+        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        config.eos_token_id = list(dict.fromkeys(i for i in [*eos, *stops] if i is not None))
+        return config
+    return GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, max_new_tokens=256)
 
 
 def export_adapters(engine, job: TrainJob) -> None:
