@@ -102,9 +102,11 @@ def _format_errors(err: ValidationError, overridden: list[list[str]], file: str 
     parts = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not str(p).startswith(UNION_TAG))
-        e = {**e, "loc": loc}
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        parts.append(f"{_source(e['loc'], overridden, file)}: {field}: {e['msg']}")
+        message = e["msg"].removeprefix("Value error, ")
+        if not loc:  # a rule across settings (a model validator), whose message names them itself
+            parts.append(message)
+            continue
+        parts.append(f"{_source(loc, overridden, file)}: {'.'.join(str(p) for p in loc)}: {message}")
     return "; ".join(parts)
 
 

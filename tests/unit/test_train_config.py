@@ -147,3 +147,10 @@ def test_muon_at_zero_1_and_2_leaves_clipping_to_its_fixed_size_updates():
     for stage, optim, clip in [(0, "muon", 1.0), (2, "muon", 0.0), (1, "muon", 0.0), (2, "adamw", 1.0)]:
         config = TrainConfig(strategy={"zero_stage": stage}, optim={"name": optim})
         assert deepspeed_config(config, workers=2)["gradient_clipping"] == clip, (stage, optim)
+
+
+def test_a_rule_across_settings_is_one_line_in_its_own_words():
+    with pytest.raises(SoloError) as refused:
+        load_config(TrainConfig, "configs/pretrain/default.yaml", ["engine=stream", "optim.name=muon"])
+    assert str(refused.value) == ("optim.name: muon cannot run in engine: stream, whose optimizer lives in host "
+                                  "memory: use optim.name: adamw")
