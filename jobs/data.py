@@ -6,6 +6,9 @@ CPU or GPU machine alike (Ray Data on the CPUs):
     python -m jobs.data --input ~/notes --input corpus.jsonl --run mine
     python -m jobs.data --input ../shared/data/webtext --set dedup.threshold=0.9 --output /tmp/clean
     python -m jobs.data --config configs/data/dedup-only.yaml --input corpus.jsonl --output /tmp/dedup
+    python -m jobs.data --input fineweb-000.jsonl.zst --input ~/datasets/c4 --run web     (c4: Dataset.save_to_disk)
+    python -m jobs.data --set 'inputs=[{path: ~/datasets/wiki, split: train, text_field: body}]' --run wiki
+    python -m jobs.data --input hf://datasets/HuggingFaceFW/fineweb/sample/10BT --run web  (needs the network)
     python -m jobs.data --input corpus.jsonl --output /tmp/clean \
         --set 'filters.classifier={positives: good.jsonl, negatives: spam.jsonl, threshold: 0.5}'
 Tiny, on the embedded corpus (this Python's docs): python -m jobs.data --set inputs='[{path: embedded,

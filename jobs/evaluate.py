@@ -9,7 +9,8 @@ GPU (the same; every question, for numbers to publish):
 Tiny: python -m jobs.evaluate --model DIR --task arc_challenge --set max_questions=5
 With --run, writes the run's evaluate/ (metrics.json, report.md, <task>/metrics.json); with --model, only
 the benchmarks, to --output (default $SOLO_HOME/evals/<model folder>). --data is where the benchmark
-files are (default: the config's data_root, ../shared/data from the repo root).
+files are (default: the config's data_root, ../shared/data from the repo root); a task asked for whose files
+are not there stops the job before any model loads, exit 2, naming the path it looked for.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 
 from solo.cli.jobs import job_parser
 from solo.config import default_config_path, load_config
-from solo.errors import main_guard
+from solo.errors import SoloError, main_guard
 from solo.evals.config import EvalConfig
 from solo.evals.model import load_model
-from solo.evals.suite import run_tasks
+from solo.evals.suite import check_task_data, run_tasks
 from solo.pipeline import PipelineConfig, run_stage
 from solo.store import RunStore, solo_home
 
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_model(model: Path, config, output: Path | None) -> dict:
     """The benchmarks alone, on any Hugging Face causal LM folder that solo's tokenizer loader reads."""
+    if not config.tasks:
+        raise SoloError("evaluate --model scores benchmarks, and no task is set: pass --task (mmlu, arc_challenge, "
+                        "gsm8k)")
+    check_task_data(config)  # before the model loads: a missing file is a one-line mistake, found at once
     output = (output or solo_home() / "evals" / model.name).expanduser().resolve()
     loaded, tokenizer = load_model(model)
     results = run_tasks(loaded, tokenizer, config, output, log=_progress)

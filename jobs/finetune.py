@@ -11,11 +11,14 @@ GPU (one worker per GPU; QLoRA computes in bf16 there by itself, its adapters st
         --set device=cuda --set workers=1
     python -m jobs.finetune --run demo --set device=cuda --set workers=1 --set strategy.precision=bf16
 
-`--data` is a jsonl or JSON list of conversations: OpenAI `messages` (tool calls and tool results too),
-Alpaca (`instruction`, `input`, `output`) or ShareGPT (`conversations: [{from, value}]`), told apart
-per record (`--set format=...` to insist on one); malformed records are counted by reason in
-rows/report.json and skipped. Default data: pairs from the embedded corpus. `--model` is a Hugging
-Face folder (its tokenizer and chat template come with it); default: the run's pretrain/.
+`--data` holds conversations: a jsonl file (`.gz`, `.zst` too), a JSON list, parquet, arrow, a folder of them, a
+folder written by save_to_disk (`--set split=train` picks a DatasetDict's split) or hf://datasets/OWNER/NAME;
+OpenAI `messages` (tool calls and tool results too), Alpaca (`instruction`, `input`, `output`) or ShareGPT
+(`conversations: [{from, value}]`) records, told apart per record (`--set format=...` to insist on one);
+malformed records are counted by reason in rows/report.json and skipped. Default data: pairs from the embedded
+corpus. `--model` is a Hugging Face folder of any causal LM family (its tokenizer and chat template come with
+it; the loss falls on the assistant turns that template renders, or on every token with `--set loss_on=all`);
+default: the run's pretrain/.
 Writes the run's finetune/ (or --output): rows/, metrics.csv, model/ (full SFT, or the merged adapters with
 `merge: true`) and adapter/ (peft format, also registered as $SOLO_HOME/adapters/<adapter_name or run>/).
 A killed run resumes from its last checkpoint when submitted again.

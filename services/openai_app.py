@@ -102,9 +102,10 @@ class Gateway:
         bases, adapters = [], []
         for server, plan in zip(servers, plans):
             tokenizer, max_context = load(plan.folder), await server.max_context.remote()
-            bases.append(ServedModel(plan.name, RemoteEngine(server, max_context), tokenizer))
+            tool_parser = plan.settings.tool_parser
+            bases.append(ServedModel(plan.name, RemoteEngine(server, max_context), tokenizer, tool_parser=tool_parser))
             adapters += [ServedModel(adapter.name, RemoteEngine(server, max_context, adapter.name), tokenizer,
-                                     parent=plan.name) for adapter in plan.adapters]
+                                     parent=plan.name, tool_parser=tool_parser) for adapter in plan.adapters]
         self._app = build_gateway(bases + adapters, max_new_tokens=max_new_tokens, limits=limits)
 
     def __serve_build_asgi_app__(self):

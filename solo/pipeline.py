@@ -23,11 +23,13 @@ from pydantic import Field
 
 from solo.config import Schema
 from solo.data.config import DataConfig
+from solo.data.hf import local_path
 from solo.data.read import check_inputs, prepared_documents, raw_documents
 from solo.data.stage import prepare
 from solo.errors import SoloError
 from solo.evals.config import EvalConfig
 from solo.evals.stage import evaluate
+from solo.evals.suite import check_task_data
 from solo.export.config import ExportConfig
 from solo.export.stage import export
 from solo.runtime import init_ray, launched_rank, wait_for_all_ranks
@@ -38,6 +40,7 @@ from solo.tokens.shards import is_validation
 from solo.tokens.tokenize import tokenize
 from solo.tokens.tokenizer import load
 from solo.tokens.train_bpe import train_stage
+from solo.train.chat_formats import check_conversation_source
 from solo.train.config import FinetuneConfig, TrainConfig
 from solo.train.finetune import finetune
 from solo.train.job import TrainJob
@@ -219,7 +222,7 @@ def raw_input_keys(config: PipelineConfig) -> dict[str, str]:
         if spec.path == "embedded":
             keys[spec.path] = f"python-{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
             continue
-        path = Path(spec.path).expanduser()
+        path = local_path(spec.path)  # an hf:// input is downloaded here, before Ray starts
         if not path.exists():
             raise SoloError(f"input {spec.path} does not exist: pass an existing file or folder, or `embedded`")
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -277,11 +280,24 @@ def execute(stage: Stage, config: PipelineConfig, run: RunStore, inputs: dict[st
     return manifest
 
 
+def check_outside_inputs(config: PipelineConfig, stages: list[str]) -> None:
+    """What these stages read from outside the run, looked at before Ray starts, so that a mistake (a missing
+    file, a folder that is not a dataset, an unknown split, a benchmark without its files) is one line at once,
+    not a failure hours in."""
+    if "data" in stages:
+        check_inputs(config.data)
+    if "finetune" in stages:
+        check_conversation_source(config.finetune.data, config.finetune.split)
+    if "evaluate" in stages:
+        check_task_data(config.evaluate)
+
+
 def run_pipeline(config: PipelineConfig, run: RunStore, until: str | None = None) -> dict[str, Manifest]:
     """Run every stage in order (up to `until`); returns each stage's manifest."""
     done: dict[str, Manifest] = {}
     raw_keys = raw_input_keys(config)  # a missing or unreadable input fails here, before Ray starts
-    check_inputs(config.data)
+    last = STAGES.index(STAGE_BY_NAME[until]) if until else len(STAGES) - 1
+    check_outside_inputs(config, [stage.name for stage in STAGES[:last + 1]])
     migrate_run(run)
     init_ray()
     print(f"run {config.run}: {run.root}", flush=True)
@@ -301,9 +317,10 @@ def run_stage(name: str, config: PipelineConfig, run: RunStore, inputs: dict[str
     raw files of `config.data.inputs`; it writes to the run's stage folder unless `output` is given."""
     stage = STAGE_BY_NAME[name]
     migrate_run(run)
-    if from_raw_inputs or name == "data":
+    raw = from_raw_inputs or name == "data"
+    check_outside_inputs(config, ["data", name] if raw else [name])
+    if raw:
         folders, keys = {}, raw_input_keys(config)
-        check_inputs(config.data)
     else:
         folders = {n: run.stage_dir(n) for n in stage.upstream}
         folders.update(inputs or {})

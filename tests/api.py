@@ -1,5 +1,5 @@
 """What tests of the OpenAI API over a `build_gateway` app share: a model name, a user turn, the SSE
-framing of a stream and the shape of an OpenAI error."""
+framing of a stream, its tool calls put together, and the shape of an OpenAI error."""
 
 from __future__ import annotations
 
@@ -30,3 +30,19 @@ def assert_error(response, status: int, type_: str = "invalid_request_error", pa
     assert error["type"] == type_ and error["param"] == param and error["code"] == code, error
     assert error["message"] and "Traceback" not in error["message"]
     return error
+
+
+def streamed_calls(chunks: list[dict]) -> list[dict]:
+    """The tool calls of a stream's chunks put together by index, as a client does: the first delta of a call
+    has its id, type and name, the ones after it pieces of its arguments."""
+    calls: dict[int, dict] = {}
+    for chunk in chunks:
+        for delta in chunk["choices"][0]["delta"].get("tool_calls") or []:
+            call = calls.setdefault(delta["index"], {"function": {"name": "", "arguments": ""}})
+            for key in ("id", "type"):
+                if key in delta:
+                    assert key not in call, f"a call's {key} comes once"
+                    call[key] = delta[key]
+            call["function"]["name"] += delta["function"].get("name", "")
+            call["function"]["arguments"] += delta["function"].get("arguments", "")
+    return [calls[i] for i in sorted(calls)]

@@ -17,6 +17,7 @@ from solo.tokens.tokenizer import load, stop_token_ids
 from solo.tokens.train_bpe import train_bpe
 from solo.train.checkpoints import resume_from
 from solo.train.presets import llama_config
+from tests.families import families, family  # noqa: F401  (session fixtures: three third-party model families)
 
 
 @pytest.fixture(scope="session")

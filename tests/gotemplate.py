@@ -1,8 +1,9 @@
 """The part of Go's text/template that Ollama Modelfile templates use, to render them where Go is not installed:
-text and actions with `{{-`/`-}}` trimming, `range $i, $m := …`, `if`/`else if`/`else`, `$x := …`, string
-literals, fields (`.Messages`, `$m.Role`, `$.Messages`), parentheses, and the functions eq, ne, and, or, not,
-len and slice. Anything else raises. tests/unit/test_export_modelfile.py also renders with Go itself where `go`
-is on the PATH, which keeps this one honest."""
+text and actions with `{{-`/`-}}` trimming, `range $i, $m := …` and `range …`, `if`/`else if`/`else`, `$x := …`,
+string literals, fields (`.Messages`, `$m.Role`, `$.Messages`, `.Function.Name`), parentheses, and the functions
+eq, ne, and, or, not, len, slice and Ollama's json. Anything else raises. A map or a list prints as JSON, as
+Ollama's tool-call arguments do (their String method). tests/unit/test_export_modelfile.py also renders with Go
+itself where `go` is on the PATH, which keeps this one honest."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
+_ACTION = re.compile(r'\{\{(-\s)?((?:"(?:\\.|[^"\\])*"|.)*?)(\s-)?\}\}', re.S)  # a `}}` in a string is no end
 _TOKEN = re.compile(r'\s*("(?:\\.|[^"\\])*"|-?\d+|\(|\)|:=|,|\$?[A-Za-z_]\w*(?:\.\w+)*|\$(?:\.\w+)*|\.\w+(?:\.\w+)*)')
 
 
@@ -69,9 +70,10 @@ def _parse(pieces: list[tuple[str, str]], start: int = 0, stop: tuple[str, ...] 
                 condition = _tokens(ending[2]) if len(ending) > 1 and ending[1] == "if" else None
             body.append(node)
         elif head == "range":
-            names, _, source = words[1].partition(":=")
+            names, _, source = words[1].rpartition(":=")  # no `:=`: no names
             loop, i = _parse(pieces, i + 1, ("end",))
-            body.append(_Node("range", ([n.strip() for n in names.split(",")], _tokens(source)), [(None, loop)]))
+            body.append(_Node("range", ([n.strip() for n in names.split(",") if n.strip()], _tokens(source)),
+                              [(None, loop)]))
         elif ":=" in content or re.match(r"\$\w+\s*=", content):
             name, _, expression = re.split(r"\s*(:?=)\s*", content, maxsplit=1)
             body.append(_Node("assign", (name, _tokens(expression))))
@@ -87,9 +89,17 @@ def _truth(value) -> bool:
     return bool(value)  # Go: false, 0, nil and empty strings, slices and maps are false
 
 
+def go_json(value) -> str:
+    """Go's json.Marshal: compact, map keys sorted, and <, >, & escaped as Go escapes them for HTML."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
+
+
 _FUNCTIONS = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "not": lambda a: not _truth(a), "len": len,
-    "slice": lambda x, i: x[i:],
+    "slice": lambda x, i: x[i:], "json": go_json,
     "and": lambda *xs: next((x for x in xs if not _truth(x)), xs[-1]),
     "or": lambda *xs: next((x for x in xs if _truth(x)), xs[-1]),
 }
@@ -136,7 +146,8 @@ def _run(body: list[_Node], scopes: list[dict], dot, out: list[str]) -> None:
         if node.kind == "text":
             out.append(node.value)
         elif node.kind == "output":
-            out.append(str(_evaluate(node.value, scopes, dot)))
+            value = _evaluate(node.value, scopes, dot)
+            out.append(go_json(value) if isinstance(value, dict | list) else str(value))
         elif node.kind == "assign":
             name, tokens = node.value
             target = next((scope for scope in reversed(scopes) if name in scope), scopes[-1])
@@ -149,7 +160,7 @@ def _run(body: list[_Node], scopes: list[dict], dot, out: list[str]) -> None:
         else:
             names, tokens = node.value
             for index, item in enumerate(_evaluate(tokens, scopes, dot)):
-                bound = dict(zip(names, [index, item])) if len(names) == 2 else {names[0]: item}
+                bound = dict(zip(names, [index, item])) if len(names) == 2 else dict(zip(names, [item]))
                 _run(node.branches[0][1], [*scopes, bound], item, out)
 
 

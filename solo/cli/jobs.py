@@ -23,9 +23,11 @@ def job_parser(doc: str, *, inputs: bool = False, data: bool = False, model: boo
     parser.add_argument("--output", type=Path, help="folder to write to (default: in the artifact store)")
     if inputs:
         parser.add_argument("--input", dest="inputs", action="append", default=[], metavar="PATH",
-                            help="raw text to read: a file or folder of text, jsonl, json or parquet (repeatable)")
+                            help="raw text to read: a file or folder of text, jsonl, json, parquet or arrow, a "
+                                 "folder written by save_to_disk, or hf://datasets/OWNER/NAME[/PATH] (repeatable)")
     if data:
-        parser.add_argument("--data", type=Path, help="input data folder")
+        # Kept as typed: a Path would fold finetune's hf://datasets/... into hf:/datasets/...
+        parser.add_argument("--data", help="input data folder (finetune: conversations, a file, folder or hf:// path)")
     if model:
         parser.add_argument("--model", type=Path, help="a Hugging Face model folder")
     return parser
@@ -52,14 +54,14 @@ def stage_job(stage: str, doc: str, argv: list[str] | None = None, *, data_from:
         if stage == "data" and args.inputs:
             settings = settings.model_copy(update={"inputs": [InputSpec(path=p, domain="user") for p in args.inputs]})
         if stage == "finetune" and args.data:
-            settings = settings.model_copy(update={"data": str(args.data)})
+            settings = settings.model_copy(update={"data": args.data})
         # The tokenizer reads raw inputs itself, one domain per input so its report compares them.
         raw = ({"data": DataConfig(inputs=[InputSpec(path=p, domain=Path(p).name) for p in args.inputs])}
                if stage == "tokenizer" and args.inputs else {})
         config = PipelineConfig(run=args.run, **{stage: settings}, **raw)
         inputs = {}
         if data_from and getattr(args, "data", None):
-            inputs[data_from] = args.data.expanduser().resolve()
+            inputs[data_from] = Path(args.data).expanduser().resolve()
         if model_from and args.model:
             inputs[model_from] = args.model.expanduser().resolve()
             if stage == "finetune":  # a Hugging Face folder carries its own tokenizer and chat template

@@ -14,11 +14,17 @@ class InputSpec(Schema):
     """One source of raw text. `path: embedded` is the corpus built from this Python's docs."""
 
     path: str
-    """A file or folder of text, jsonl, json or parquet (gzipped too), or `embedded`."""
-    format: Literal["auto", "text", "jsonl", "parquet", "json"] = "auto"
+    """A file or folder of text, jsonl, json, parquet or arrow (jsonl and json gzipped or zstd-compressed too); a
+    folder written by Hugging Face `save_to_disk` or a `datasets` cache folder; `hf://datasets/OWNER/NAME[/PATH]`
+    (downloaded once into the Hugging Face cache); or `embedded`."""
+    format: Literal["auto", "text", "jsonl", "parquet", "json", "arrow"] = "auto"
     """How to read the files; auto: by each file's extension (a file with none is text)."""
+    split: str | None = Field(default=None, exclude_if=lambda split: split is None)
+    """The split to read of a folder written by DatasetDict.save_to_disk (or of a datasets cache folder); null:
+    its only split (one with several is an error that lists them). Left out of the settings' dump while null, so
+    that runs made before this setting existed keep their fingerprints."""
     text_field: str = "text"
-    """The field (jsonl, json) or column (parquet) that holds a record's text."""
+    """The field (jsonl, json) or column (parquet, arrow) that holds a record's text."""
     id_field: str | None = "id"
     """The field that holds a record's id; records without one get a stable id from their file and line."""
     domain: str = "default"

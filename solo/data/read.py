@@ -1,5 +1,6 @@
-"""The one reader of raw inputs: files of text, jsonl, json or parquet (gzipped or zstd-compressed too), a
-folder of them, or the embedded corpus, each record `{id, text, domain, reason, duplicate_of, source}`
+"""The one reader of raw inputs: files of text, jsonl, json, parquet or arrow (jsonl and json gzipped or
+zstd-compressed too), a folder of them, a Hugging Face dataset folder or hf:// path (solo.data.hf), or the
+embedded corpus, each record `{id, text, domain, reason, duplicate_of, source}`
 (solo.data.files). Both a Ray Data stream (the data stage) and a plain iterator (the tokenizer trained
 on raw files) read through here, by the same rules; `check_inputs` looks at every input before either
 starts, so that a mistake (no such field, nothing to read) is one clear line, not a failed Ray job."""
@@ -19,16 +20,19 @@ import ray.data
 from solo.data import corpus
 from solo.data.config import DataConfig, InputSpec
 from solo.data.files import (
+    arrow_records,
     damaged_file,
     decompress,
     head,
     input_format,
     is_text_input,
+    jsonl_records,
     parquet_records,
     parse_file,
     record,
     resolve_files,
 )
+from solo.data.hf import arrow_batches, arrow_schema
 from solo.data.normalize import normalize
 from solo.errors import SoloError
 
@@ -49,20 +53,23 @@ def read_inputs(config: DataConfig):
             continue
         files = resolve_files(spec)
         parquet = [f for f in files if input_format(spec, f) == "parquet"]
-        others = [str(f) for f in files if f not in parquet]
+        arrow = [str(f) for f in files if input_format(spec, f) == "arrow"]
+        others = [str(f) for f in files if f not in parquet and input_format(spec, f) != "arrow"]
         readable, damaged = _parquet_files(spec, parquet)
         if readable:
             ds = ray.data.read_parquet([str(f) for f in readable], include_paths=True)
             datasets.append(ds.map_batches(_ParquetRows(spec), batch_format="pyarrow"))
         if damaged:
             datasets.append(ray.data.from_items(damaged))
+        if arrow:  # a task per file, a table per record batch: a shard is never read whole
+            ds = ray.data.from_items([{"path": path} for path in arrow], override_num_blocks=len(arrow))
+            datasets.append(ds.map_batches(_ArrowRows(spec), batch_size=1, batch_format="pyarrow"))
         if others:
-            # Each task reads its files' bytes itself, so that parse_file decompresses them (and salvages a
-            # damaged one): Ray's binary reader decompresses by file name, and fails the whole read on a
+            # Each task reads its files itself, so that they are decompressed by their first bytes (and a damaged
+            # one salvaged): Ray's binary reader decompresses by file name, and fails the whole read on a
             # truncated .gz.
             ds = ray.data.from_items([{"path": path} for path in others], override_num_blocks=len(others))
-            datasets.append(ds.flat_map(lambda row, spec=spec: parse_file(spec, Path(row["path"]),
-                                                                            Path(row["path"]).read_bytes())))
+            datasets.append(ds.map_batches(_FileRows(spec), batch_size=1, batch_format="pyarrow"))
         if spec.max_documents is not None:
             datasets[-1] = datasets[-1].limit(spec.max_documents)
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
@@ -90,6 +97,40 @@ class _ParquetRows:
         return pa.Table.from_pylist(parquet_records(self.spec, table))
 
 
+class _FileRows:
+    """file_records of the file a one-row Ray Data batch names, a table at a time."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for records in file_records(self.spec, Path(batch.column("path")[0].as_py())):
+            if records:
+                yield pa.Table.from_pylist(records)
+
+
+def file_records(spec: InputSpec, path: Path) -> Iterator[list[dict]]:
+    """The records of a text, json or jsonl file: a jsonl file (the shards of web corpora, gigabytes at times) as
+    it is read, a batch of lines at a time; a text document or a JSON list whole, as it must be parsed."""
+    if input_format(spec, path) == "jsonl":
+        with path.open("rb") as file:
+            yield from jsonl_records(spec, path, file)
+    else:
+        yield parse_file(spec, path, path.read_bytes())
+
+
+class _ArrowRows:
+    """arrow_records of the file a one-row Ray Data batch names, a table per record batch."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for records in arrow_records(self.spec, Path(batch.column("path")[0].as_py())):
+            if records:
+                yield pa.Table.from_pylist(records)
+
+
 # ---------------------------------------------------------------- checked before anything runs
 
 
@@ -107,6 +148,8 @@ def check_inputs(config: DataConfig) -> None:
             fmt = input_format(spec, path)
             if fmt == "parquet":
                 found += _check_parquet(spec, path)
+            elif fmt == "arrow":
+                found += _check_arrow(spec, path)
             elif fmt in ("jsonl", "json"):
                 found += _check_records(spec, path, fmt)
             elif is_text_input(spec, path):
@@ -114,7 +157,7 @@ def check_inputs(config: DataConfig) -> None:
                 found += bool(content.strip()) or compressed  # a damaged file the stage reports
         if not found:
             raise SoloError(f"input {spec.path} holds no documents: its files are empty, or none of them is "
-                            "text, jsonl, json or parquet")
+                            "text, jsonl, json, parquet or arrow")
 
 
 def _check_parquet(spec: InputSpec, path: Path) -> int:
@@ -130,6 +173,23 @@ def _check_parquet(spec: InputSpec, path: Path) -> int:
         raise SoloError(f"parquet input {path} has no column {spec.id_field!r} for id_field (its columns: "
                         f"{', '.join(names)})")
     return file.metadata.num_rows
+
+
+def _check_arrow(spec: InputSpec, path: Path) -> int:
+    """Its schema holds the text column (and the id column the config names); 1 for a file with rows or a damaged
+    one (the stage counts it), 0 for an empty one."""
+    try:
+        names = arrow_schema(path).names
+    except (OSError, pa.ArrowException):
+        return 1  # damaged: the stage counts it, and reads the other files
+    for what, name, required in (("text_field", spec.text_field, True),
+                                 ("id_field", spec.id_field, "id_field" in spec.model_fields_set)):
+        if name and required and name not in names:
+            raise SoloError(f"arrow input {path} has no column {name!r} ({what}); its columns: {', '.join(names)}")
+    try:
+        return int(any(batch.num_rows for batch in arrow_batches(path)))
+    except (OSError, pa.ArrowException):
+        return 1
 
 
 def _check_records(spec: InputSpec, path: Path, fmt: str) -> int:
@@ -173,19 +233,22 @@ Documents = Callable[[], Iterator[Document]]  # a fresh pass over the corpus on 
 
 
 def input_records(spec: InputSpec) -> Iterator[dict]:
-    """Records of one input, a file at a time (a parquet file a batch at a time), as read_inputs reads them."""
+    """Records of one input, a file at a time (a jsonl, parquet or arrow file a batch at a time), as read_inputs
+    reads them."""
     if spec.path == "embedded":
         yield from (record(doc["id"], doc["text"], spec.domain, source="embedded")
                     for doc in corpus.documents(spec.max_documents))
         return
     for path in resolve_files(spec):
-        if input_format(spec, path) == "parquet":
+        if input_format(spec, path) == "arrow":
+            yield from itertools.chain.from_iterable(arrow_records(spec, path))
+        elif input_format(spec, path) == "parquet":
             readable, damaged = _parquet_files(spec, [path])
             yield from damaged
             for batch in (pq.ParquetFile(path).iter_batches() if readable else []):
                 yield from parquet_records(spec, batch, str(path))
         else:
-            yield from parse_file(spec, path, path.read_bytes())
+            yield from itertools.chain.from_iterable(file_records(spec, path))
 
 
 def raw_documents(inputs: Iterable[InputSpec]) -> Iterator[Document]:

@@ -48,7 +48,8 @@ class EvalConfig(Schema):
     max_new_tokens: int = Field(default=48, ge=1)
     """Tokens of each sample answer."""
     tasks: list[EvalTask] = ["mmlu", "arc_challenge"]
-    """Benchmarks to run, read from `data_root`."""
+    """Benchmarks to run, read from `data_root`. Named anywhere (or `data_root` set), each must have its files
+    there, else the job stops naming the path; left to this default, a task without them is left out."""
     data_root: str = "../shared/data"
     """The folder of benchmark files (mmlu/, arc_challenge/, gsm8k/); a relative path is from the repo root."""
     shots: ShotsConfig = ShotsConfig()
@@ -66,3 +67,9 @@ class EvalConfig(Schema):
 
     def data_path(self) -> Path:
         return (checkout_root() / Path(self.data_root).expanduser()).resolve()
+
+    def names_its_tasks(self) -> bool:
+        """Whether the tasks were asked for: `tasks` or `data_root` set (in a config file, a --set, `--task` or
+        `--data`) rather than left to the defaults. A task asked for whose files are missing is a mistake; a
+        default one is left out, and said so, so that a machine without the benchmark files runs the demo."""
+        return bool({"tasks", "data_root"} & self.model_fields_set)

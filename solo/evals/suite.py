@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from solo.errors import SoloError
 from solo.evals import tasks
 from solo.evals.config import EvalConfig
 from solo.evals.generate import cpu_engine, greedy
@@ -91,19 +92,35 @@ def run_task(name: str, model, tokenizer, config: EvalConfig, output: Path, resu
     return metrics
 
 
+def check_task_data(config: EvalConfig) -> dict[str, Path]:
+    """The configured tasks whose files are missing, each with the path it looked for. A task asked for
+    (`config.names_its_tasks()`) without its files is a mistake, raised at once naming that path: a run
+    never reports a benchmark it did not score. The defaults' tasks are only returned, to be left out."""
+    root = config.data_path()
+    missing = {name: path for name in config.tasks if (path := tasks.missing_data(name, root)) is not None}
+    if missing and config.names_its_tasks():
+        name, path = next(iter(missing.items()))
+        raise SoloError(f"evaluate: task {name} has no data: {path} is not there (pass --data DIR with the "
+                        "benchmark files, set evaluate.data_root, or leave the task out)")
+    return missing
+
+
 def run_tasks(model, tokenizer, config: EvalConfig, output: Path, log: Callable[[str], None] = print,
               resume: bool = False) -> dict[str, dict]:
-    """Every configured task whose files are present; a missing one is reported and skipped, so a
-    machine without the benchmark files still evaluates bits per byte."""
+    """Every configured task, scored; see check_task_data for a task whose files are missing (a default one
+    is left out, and the log says where it looked, so a machine without the benchmark files still evaluates
+    bits per byte)."""
+    missing = check_task_data(config)
+    for name, path in missing.items():
+        log(f"evaluate: {name} not run: no benchmark data at {path} (the default data_root; set it to score {name})")
     results = {}
-    for name in config.tasks:
+    for name in (name for name in config.tasks if name not in missing):
         earlier = resume and (output / name / "metrics.json").is_file()
         try:
             results[name] = run_task(name, model, tokenizer, config, output, resume)
-            fault_point("evaluate.task")
-        except MissingData as missing:
-            log(f"evaluate: {name} skipped: {missing}")
-            continue
+        except MissingData as gone:  # removed since the check: still a benchmark that was not scored
+            raise SoloError(f"evaluate: task {name} has no data: {gone}") from None
+        fault_point("evaluate.task")
         log(f"evaluate: {name} accuracy {results[name]['accuracy']:.3f} on {results[name]['n']} questions "
             f"({getattr(config.shots, name)}-shot)" + (" (committed by an earlier attempt)" if earlier else ""))
     return results

@@ -46,6 +46,29 @@ class MissingData(FileNotFoundError):
     pass
 
 
+# What each task reads under the data root (MMLU: a test and a dev CSV per subject, in these folders).
+TASK_FILES = {
+    "mmlu": ("mmlu/test", "mmlu/dev"),
+    "arc_challenge": ("arc_challenge/ARC-Challenge-Test.jsonl", "arc_challenge/ARC-Challenge-Dev.jsonl"),
+    "gsm8k": ("gsm8k/test.jsonl", "gsm8k/train.jsonl"),
+}
+
+
+def missing_data(name: str, root: Path) -> Path | None:
+    """The first file or folder task `name` needs under `root` that is not there; None when it has them all."""
+    for relative in TASK_FILES[name]:
+        if not (root / relative).exists():
+            return root / relative
+    if name == "mmlu":
+        subjects = mmlu_subjects(root)
+        if not subjects:
+            return root / "mmlu" / "test" / "<subject>_test.csv"
+        for subject in subjects:
+            if not (root / "mmlu" / "dev" / f"{subject}_dev.csv").is_file():
+                return root / "mmlu" / "dev" / f"{subject}_dev.csv"
+    return None
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         raise MissingData(f"no benchmark data at {path}")

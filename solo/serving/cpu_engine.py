@@ -1,4 +1,5 @@
-"""Continuous batching on CPU over a stock Hugging Face Llama.
+"""Continuous batching on CPU over a stock Hugging Face causal LM: any architecture the installed transformers
+knows (Llama, Qwen2 and 3, Mistral, Gemma, Phi-3, ...), loaded with `AutoModelForCausalLM`.
 
 One scheduler task per event loop owns every running sequence. Each iteration prefills the
 requests that arrived since the last one (together, left-padded) and advances every running
@@ -10,8 +11,16 @@ The running sequences share one KV cache, right-aligned: row i's tokens fill the
 join by padding the shorter side on the left, leave by dropping their row, and columns that
 only padding still occupies are cut away, so the cache never grows past the longest sequence.
 
+Every layer's cache keeps all its columns, sliding-window layers too (Mistral's, Gemma's): joining, leaving
+and cutting columns assume it. Such a model still attends within its window (its mask says so); its cache
+only does not drop what falls out of the window, as a full-attention model's never does.
+
 Forward passes run on one worker thread: torch already spreads a pass over every core it is
 given, and the event loop stays free to stream tokens and take new requests meanwhile.
+
+Weights are computed in fp32 whatever the checkpoint holds: bf16 and fp16 checkpoints are upcast as they
+load, since half-precision matrix multiplies on a CPU without AVX-512 BF16 or AMX run many times slower
+than fp32 ones (and fp16 ones are not implemented for every operation).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, DynamicCache, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from solo.serving.engine import Delta, Engine, EngineLoad, SamplingParams, TokenLogprob, drain
 from solo.serving.grammar import Grammars
@@ -112,18 +121,20 @@ def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class CpuEngine(Engine):
-    def __init__(self, model: str | Path | LlamaForCausalLM, max_concurrent: int = 16, threads: int | None = None,
+    def __init__(self, model: str | Path | PreTrainedModel, max_concurrent: int = 16, threads: int | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None):
         """`model`: a model folder, or a model already loaded (an evaluation shares its own). The
         tokenizer (the folder's, unless given) is needed only for grammar-constrained output."""
         torch.set_num_threads(threads or cpu_budget())
         load_tokenizer = lambda: tokenizer  # noqa: E731
         if not isinstance(model, torch.nn.Module):
-            folder, model = str(model), LlamaForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+            folder, model = str(model), AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
             if tokenizer is None:
                 load_tokenizer = lambda: AutoTokenizer.from_pretrained(folder)  # noqa: E731
         self.model = model.eval()
-        self.max_context = self.model.config.max_position_embeddings
+        # A multimodal checkpoint's language model keeps its settings in a text config of its own.
+        text_config = self.model.config.get_text_config(decoder=True)
+        self.max_context = text_config.max_position_embeddings
         self.max_batch = max_concurrent  # every running sequence holds a row of the KV cache
         self._forward = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-engine")
         self._waiting: collections.deque[_Sequence] = collections.deque()
@@ -131,7 +142,7 @@ class CpuEngine(Engine):
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
         self._load_tokenizer = load_tokenizer
-        self._grammars = Grammars(load_tokenizer, self.model.config.vocab_size)
+        self._grammars = Grammars(load_tokenizer, text_config.vocab_size)
         self._retired = False
 
     def with_adapter(self, name: str, folder: str) -> CpuEngine:
@@ -245,7 +256,7 @@ class CpuEngine(Engine):
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         batch = _Batch()
         batch.sequences, batch.mask, batch.positions = list(joining), mask, mask.sum(1)
-        batch.cache = DynamicCache(config=self.model.config)
+        batch.cache = DynamicCache()  # full-attention layers, made as the forward pass fills them (module doc)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=batch.cache,
                          use_cache=True, logits_to_keep=1)
         return batch, out.logits[:, -1]

@@ -8,11 +8,20 @@ asked for. Fields no one here knows are ignored, so newer clients keep working.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 FinishReason = Literal["stop", "length"]
 ChatFinishReason = Literal["stop", "length", "tool_calls"]
@@ -40,6 +49,18 @@ class ToolCall(_Request):
     type: Literal["function"] = "function"
     function: FunctionCall
 
+    def for_template(self) -> dict[str, Any]:
+        """As chat templates take a call: arguments as an object (Qwen's and Llama's write them with `tojson`,
+        which would quote OpenAI's JSON text), unless they are not a JSON object, which stays text."""
+        call = self.model_dump()
+        try:
+            arguments = json.loads(self.function.arguments)
+        except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past what Python parses
+            return call
+        if isinstance(arguments, dict):
+            call["function"]["arguments"] = arguments
+        return call
+
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -64,7 +85,9 @@ class ChatMessage(_Request):
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
                                    "content": self.text()}
         if self.tool_calls:
-            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+            message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        if self.role == "tool":  # Mistral's templates, for one, refuse a tool result that names no call
+            message.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v})
         return message
 
 
@@ -207,6 +230,11 @@ class ChatCompletionRequest(SamplingRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def most_tool_calls(self) -> int | None:
+        """`parallel_tool_calls: false`: the reply's first call only (as vLLM does); None: every call."""
+        return 1 if self.parallel_tool_calls is False else None
+
     def template_messages(self) -> list[dict[str, Any]]:
         return [message.for_template() for message in self.messages]
 
@@ -332,11 +360,25 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None  # a piece of the JSON text
+
+
 class ToolCallDelta(BaseModel):
+    """A streamed call, as OpenAI streams one: its first delta has the id, the type and the function's name (and
+    empty arguments), the ones after it pieces of its arguments; what a delta lacks is left out."""
+
     index: int
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCallOut
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        out["function"] = {k: v for k, v in out["function"].items() if v is not None}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 class DeltaMessage(BaseModel):

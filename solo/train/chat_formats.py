@@ -5,20 +5,19 @@
     alpaca    {"instruction": ..., "input": ..., "output": ...}
     sharegpt  {"conversations": [{"from": "system|human|gpt|tool", "value": ...}]}
 
-A file is jsonl (one record a line) or one JSON list of records; `format: auto` recognises each
-record by its keys. A record that is not one of these is counted under the reason it failed and
-skipped: a bad line never stops a run.
+A file is jsonl (one record a line; gzipped or zstd-compressed too), one JSON list of records, parquet or
+arrow; a folder of them, a folder written by `datasets`' save_to_disk, or an hf:// path, as solo.data.records
+reads them. `format: auto` recognises each record by its keys. A record that is not one of these is counted
+under the reason it failed and skipped: a bad line never stops a run.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from solo.errors import SoloError
+from solo.data.records import NotJSON, read_records, record_files
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
@@ -145,42 +144,27 @@ def to_conversation(record, layout: str, fallback_id: str) -> Conversation:
     return Conversation(str(record.get("id", fallback_id)), messages, tools)
 
 
-def _records(path: Path) -> Iterator[tuple[int, object]]:
-    """(number, parsed record) from a jsonl file or one JSON list; a line that is not JSON yields an error."""
-    with path.open(encoding="utf-8", errors="replace") as file:
-        head = file.read(4096).lstrip()
-        file.seek(0)
-        if head.startswith("["):
-            try:
-                records = json.load(file)
-            except json.JSONDecodeError as error:
-                raise SoloError(f"finetune data {path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-            yield from enumerate(records)
-            return
-        for number, line in enumerate(file):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError:
-                yield number, Malformed("not JSON")
+def check_conversation_source(source: str, split: str | None) -> None:
+    """The files of `source` found (an hf:// path downloaded), or one line saying why not: no such path, a folder
+    that is neither a dataset nor one of record files, an unknown split. `embedded` needs no files."""
+    if source != "embedded":
+        record_files(source, split, "finetune data")
 
 
-def read_conversations(source: str, layout: str, max_examples: int | None,
-                       skipped: SkipCounts) -> Iterator[Conversation]:
-    """Conversations from a file, each malformed record tallied in `skipped` by reason."""
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise SoloError(f"finetune data {source} does not exist: pass a jsonl or JSON list of conversations "
-                        "(messages, Alpaca or ShareGPT), or `embedded`")
+def read_conversations(source: str, layout: str, max_examples: int | None, skipped: SkipCounts,
+                       split: str | None = None) -> Iterator[Conversation]:
+    """Conversations from a file or folder of records (jsonl, compressed too; a JSON list; parquet; arrow), a
+    folder written by save_to_disk (its `split`) or an hf:// path, each malformed record tallied in `skipped`
+    by reason."""
     count = 0
-    for number, record in _records(path):
-        if max_examples is not None and count >= max_examples:
-            return
-        try:
-            if isinstance(record, Malformed):
-                raise record
-            yield to_conversation(record, layout, f"{path.name}:{number}")
-            count += 1
-        except Malformed as reason:
-            skipped.add(str(reason))
+    for path in record_files(source, split, "finetune data"):
+        for number, record in read_records(path):
+            if max_examples is not None and count >= max_examples:
+                return
+            try:
+                if isinstance(record, NotJSON):
+                    raise Malformed(str(record))
+                yield to_conversation(record, layout, f"{path.name}:{number}")
+                count += 1
+            except Malformed as reason:
+                skipped.add(str(reason))

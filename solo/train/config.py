@@ -123,6 +123,8 @@ StrategyChoice = Annotated[
 
 ModelPreset = Literal["demo", "125m", "350m", "1.3b", "2.7b", "7b"]
 
+LossOn = Literal["assistant", "all"]  # which tokens of a conversation fine-tuning learns (solo.train.masking)
+
 
 class TrainConfig(Schema):
     """Pretraining: a stock Llama from scratch on the tokenize stage's rows."""
@@ -228,9 +230,10 @@ class LoraSettings(Schema):
     """The update is scaled by alpha / rank."""
     dropout: float = Field(default=0.05, ge=0, lt=1)
     """Dropout on the adapters' input."""
-    target_modules: list[str] = Field(
-        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1)
-    """Names of the Linear modules that get adapters (Llama's attention and MLP projections)."""
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+    """Names of the Linear modules that get adapters (the last part of their name: q_proj, down_proj…); unset:
+    every Linear module of the decoder layers, found in the model (its attention and MLP projections, whatever
+    the architecture calls them), the output head excepted."""
 
 
 class QuantizationSettings(Schema):
@@ -264,13 +267,24 @@ class FinetuneConfig(TrainConfig):
     method: Literal["sft", "lora", "qlora"] = "sft"
     """sft: every weight; lora: adapters on a frozen base; qlora: adapters on a 4-bit base."""
     data: str = "embedded"
-    """'embedded' (instruction pairs built from this Python's docs), or a file of conversations."""
+    """'embedded' (instruction pairs built from this Python's docs), or conversations: a jsonl file (gzipped or
+    zstd-compressed too), a JSON list, parquet, arrow, a folder of them, a folder written by save_to_disk, or
+    `hf://datasets/OWNER/NAME[/PATH]`."""
+    split: str | None = Field(default=None, exclude_if=lambda split: split is None)
+    """The split of `data` to read when it is a folder written by DatasetDict.save_to_disk (or a datasets cache
+    folder); null: its only split. Left out of the settings' dump while null, so that runs made before this
+    setting existed keep their fingerprints."""
     format: Literal["auto", "messages", "alpaca", "sharegpt"] = "auto"
-    """The record layout of `data` (jsonl, or a JSON list); auto: detected per record."""
+    """The record layout of `data`'s records; auto: detected per record."""
     max_examples: int | None = Field(default=None, ge=1)
     """Read at most this many records; null: all."""
     seq_len: int = Field(default=256, ge=8)
-    """Tokens per training row; a longer conversation is skipped, and counted."""
+    """Tokens per training row; a longer conversation is skipped, and counted ("N longer than seq_len S")."""
+    loss_on: LossOn = "assistant"
+    """assistant: the loss on the assistant's turns only (their text, tool calls and end-of-turn token), found by
+    the chat template's `{% generation %}` blocks or, in a template without them, by rendering each turn
+    (docs/finetuning.md#masking-and-packing); all: on every token of each conversation, for a template whose
+    renderings of a conversation's first turns are not prefixes of the whole's."""
     pack: bool = True
     """Several conversations per row, each attending only to itself."""
     lora: LoraSettings = LoraSettings()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import AutoConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
 from solo.tokens.tokenizer import load, stop_token_ids
@@ -131,7 +131,8 @@ def build_model(job: TrainJob, ds_config: dict | None, device):
     if job.config.trains_adapters():
         return adapter_model(job.init_model_dir, job.config, device), zero3
     if job.init_model_dir:
-        return LlamaForCausalLM.from_pretrained(job.init_model_dir, dtype="float32"), zero3
+        # Any causal LM; a checkpoint stored in bf16 or fp16 is loaded as fp32 master weights.
+        return AutoModelForCausalLM.from_pretrained(job.init_model_dir, dtype=torch.float32), zero3
     tokenizer = load(job.tokenizer_dir)
     seq_len = json.loads((Path(job.train_dir) / "index.json").read_text())["seq_len"]
     # No pad id in the model: padded positions carry label -100, and an embedding padding_idx

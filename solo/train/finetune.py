@@ -21,11 +21,13 @@ def finetune(config: FinetuneConfig, base: Path, tokenizer_dir: Path, output: Pa
     """Fine-tune the Hugging Face model in `base` into `output`; `adapter_name` names its adapters unless the
     config does. `started_at`: when the stage began, where a `max_minutes` budget starts (default: now)."""
     started_at = started_at or time.time()
-    rows = build_sft_rows(load(tokenizer_dir), config, output / "rows")
+    rows = build_sft_rows(load(tokenizer_dir), config, output / "rows", model_dir=base)
     log(f"finetune ({config.method}): {rows['conversations']:,} conversations in {rows['train_rows']:,} rows to "
         f"learn from, {rows['val_rows']:,} held out, {rows['skipped']:,} records skipped (rows/report.json)")
     if config.trains_adapters():
-        check_target_modules(base, config)
+        targets = check_target_modules(base, config)
+        found = "" if config.lora.target_modules else " (every Linear of its decoder layers)"
+        log(f"finetune: {config.method} adapters on {', '.join(targets)}{found}")
     job = TrainJob(config=config, train_dir=str(output / "rows" / "train"), val_dir=str(output / "rows" / "val"),
                    tokenizer_dir=str(tokenizer_dir), output_dir=str(output), init_model_dir=str(base),
                    started_at=started_at)

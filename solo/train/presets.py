@@ -49,11 +49,14 @@ def llama_config(preset: str, vocab_size: int, seq_len: int,
 
 
 def parameter_count(config: LlamaConfig) -> int:
-    """Parameters of a Llama model, counted from its shape (tied embeddings counted once)."""
+    """Parameters of a Llama model, counted from its shape (tied embeddings counted once); of another causal LM
+    being fine-tuned, about as many (a config without key/value heads or a feed-forward width has as many
+    key/value heads as query heads and 4 × hidden, as GPT-2's)."""
     h, v, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
     head_dim = h // config.num_attention_heads
-    attention = h * h * 2 + 2 * h * config.num_key_value_heads * head_dim
-    mlp = 3 * h * config.intermediate_size
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    attention = h * h * 2 + 2 * h * kv_heads * head_dim
+    mlp = 3 * h * (getattr(config, "intermediate_size", None) or 4 * h)
     per_layer = attention + mlp + 2 * h
     head = 0 if config.tie_word_embeddings else v * h
     return v * h + layers * per_layer + h + head

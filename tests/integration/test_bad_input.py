@@ -1,7 +1,9 @@
 """Bad input gets one clear line saying what to do, exit code 2, and no traceback."""
 
 import gzip
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from solo.config import REPO_ROOT
+from tests.families import DROPS_EARLIER_REASONING
 
 BIN = Path(sys.executable).parent
 
@@ -101,3 +104,20 @@ def test_an_input_none_of_which_can_be_read_is_one_line(tmp_path):
     done = run([sys.executable, "-m", "jobs.data", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")],
                tmp_path, timeout=300)
     assert_ends_in_one_clear_line(done, "no input could be read", "a.jsonl.gz", "truncated")
+
+
+def test_finetune_refuses_a_template_it_cannot_mask_in_one_line(families, tmp_path):
+    """A template that rewrites earlier turns yields no assistant mask: one line naming the model and the way out
+    (`--set loss_on=all`), exit 2, and nothing retried."""
+    folder = tmp_path / "reasoning"
+    shutil.copytree(families["hermes"].folder, folder)
+    (folder / "chat_template.jinja").write_text(DROPS_EARLIER_REASONING)
+    data = tmp_path / "chats.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"},
+                                             {"role": "assistant", "content": "<think>easy</think>4"},
+                                             {"role": "user", "content": "3+3?"},
+                                             {"role": "assistant", "content": "6"}]}) + "\n")
+    done = run([sys.executable, "-m", "jobs.finetune", "--model", str(folder), "--data", str(data), "--output",
+                str(tmp_path / "out"), "--set", "method=qlora"], tmp_path, timeout=300)
+    assert_ends_in_one_clear_line(done, f"{folder}'s chat template cannot mark the assistant's tokens",
+                                  "--set loss_on=all")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from solo.errors import SoloError
 from solo.evals import suite, tasks
 from solo.evals.config import EvalConfig
 from solo.evals.generate import cpu_engine, greedy
@@ -157,9 +158,23 @@ def test_metrics_are_deterministic_per_task(tiny, tmp_path):
     assert len((tmp_path / "a" / "gsm8k" / "samples.jsonl").read_text().splitlines()) == 3
 
 
-def test_a_task_without_files_is_skipped_not_fatal(tiny, tmp_path):
+def test_a_task_asked_for_without_its_files_is_an_error_naming_the_path(tiny, tmp_path):
     model, tokenizer = tiny
     said = []
-    results = suite.run_tasks(model, tokenizer, EvalConfig(tasks=["mmlu"], data_root=str(tmp_path)), tmp_path / "out",
-                              said.append)
-    assert results == {} and "mmlu skipped" in said[0]
+    with pytest.raises(SoloError, match=f"task mmlu has no data: {tmp_path / 'mmlu' / 'test'} is not there"):
+        suite.run_tasks(model, tokenizer, EvalConfig(tasks=["mmlu"], data_root=str(tmp_path)), tmp_path / "out",
+                        said.append)
+    assert said == [] and not (tmp_path / "out").exists()
+
+
+def test_a_default_task_without_its_files_is_left_out_and_said_so(tiny, tmp_path, monkeypatch):
+    """The defaults read ../shared/data beside the checkout: a machine without it still evaluates bits per byte."""
+    monkeypatch.setenv("SOLO_CHECKOUT", str(tmp_path / "checkout"))
+    model, tokenizer = tiny
+    said = []
+    results = suite.run_tasks(model, tokenizer, EvalConfig(), tmp_path / "out", said.append)
+    assert results == {} and not (tmp_path / "out").exists()
+    assert said == [f"evaluate: {name} not run: no benchmark data at {path} (the default data_root; set it to "
+                    f"score {name})" for name, path in (("mmlu", tmp_path / "shared/data/mmlu/test"),
+                                                        ("arc_challenge", tmp_path / "shared/data/arc_challenge/"
+                                                                                     "ARC-Challenge-Test.jsonl"))]

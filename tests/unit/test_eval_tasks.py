@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from jobs import evaluate as evaluate_job
+from jobs import pipeline as pipeline_job
 from solo.config import load_config
+from solo.errors import SoloError
 from solo.evals import tasks
 from solo.evals.config import EvalConfig
+from solo.evals.suite import check_task_data
 
 
 def write_benchmarks(root: Path) -> Path:
@@ -116,3 +120,48 @@ def test_demo_pipeline_keeps_its_evaluate_fields():
     config = load_config(PipelineConfig, CONFIG_DIR / "pipelines" / "demo.yaml")
     assert config.evaluate.max_new_tokens == 40 and config.evaluate.prompts
     assert config.evaluate.max_questions is not None, "the demo must evaluate a sample, not every question"
+
+
+# ---------------------------------------------------------------- a task asked for without its files
+
+
+def test_a_subject_without_its_dev_file_is_missing_data(root):
+    (root / "mmlu" / "dev" / "anatomy_dev.csv").unlink()
+    assert tasks.missing_data("mmlu", root) == root / "mmlu" / "dev" / "anatomy_dev.csv"
+    assert tasks.missing_data("arc_challenge", root) is None and tasks.missing_data("gsm8k", root) is None
+
+
+def test_only_the_defaults_tasks_may_be_left_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOLO_CHECKOUT", str(tmp_path / "checkout"))  # no ../shared/data beside it
+    assert set(check_task_data(EvalConfig())) == {"mmlu", "arc_challenge"}
+    for asked in (EvalConfig(tasks=["mmlu", "arc_challenge"]), EvalConfig(data_root=str(tmp_path)),
+                  load_config(EvalConfig, overrides=["tasks=[gsm8k]"])):
+        with pytest.raises(SoloError, match=r"evaluate: task \w+ has no data: .* is not there"):
+            check_task_data(asked)
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("solo: "), captured.err
+    assert "wrote" not in captured.out + captured.err  # nothing was written, and nothing says so
+    return lines[0]
+
+
+def test_evaluate_a_model_on_a_task_with_no_data_exits_2_naming_the_path(tmp_path, capsys):
+    wrong = tmp_path / "WRONG"
+    code = evaluate_job.main(["--model", str(tmp_path / "model"), "--task", "mmlu", "--data", str(wrong),
+                              "--output", str(tmp_path / "out")])
+    assert code == 2 and f"{wrong / 'mmlu' / 'test'} is not there" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_evaluate_stage_with_no_data_for_its_task_exits_2_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SOLO_HOME", str(tmp_path / "home"))
+    wrong = tmp_path / "WRONG"
+    assert evaluate_job.main(["--run", "mine", "--task", "arc_challenge", "--data", str(wrong)]) == 2
+    assert str(wrong / "arc_challenge" / "ARC-Challenge-Test.jsonl") in one_error_line(capsys)
+    # The whole pipeline checks it with its inputs, before Ray starts and hours before the stage would run.
+    assert pipeline_job.main(["--set", f"evaluate.data_root={wrong}", "--output", str(tmp_path / "run")]) == 2
+    assert str(wrong / "mmlu" / "test") in one_error_line(capsys)
+    assert not (tmp_path / "run" / "data").exists()

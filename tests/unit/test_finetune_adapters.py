@@ -1,6 +1,8 @@
 """LoRA and QLoRA through the real training loop (DeepSpeed on a one-process gloo group, 4-bit NF4
 base on CPU), without Ray: the checkpoint sink here keeps checkpoints in a folder, as Ray Train's does."""
 
+import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -10,10 +12,13 @@ import torch
 
 from solo.config import checkout_root, load_config
 from solo.runtime import worker_env
+from solo.tokens.tokenizer import load
+from solo.train.adapters import check_target_modules
 from solo.train.config import FinetuneConfig
 from solo.train.engines import deepspeed_config
 from solo.train.job import TrainJob
 from solo.train.loop import train_worker
+from solo.train.sft import build_sft_rows
 
 for key, value in worker_env().items():
     os.environ.setdefault(key, value)
@@ -93,3 +98,71 @@ def test_a_target_module_the_model_lacks_is_named_before_any_worker_starts(tiny_
     with pytest.raises(SoloError, match="c_attn not in .*its Linear modules: down_proj"):
         check_target_modules(tiny_model_dir,
                              load_config(FinetuneConfig, None, ["lora.target_modules=[q_proj, c_attn]"]))
+
+
+# ---------------------------------------------------------------- any causal LM architecture
+
+LLAMA_LAYOUT = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_adapters_go_on_every_linear_of_the_decoder_layers_whatever_the_architecture(families, tmp_path):
+    from transformers import GPT2Config, Phi3Config
+
+    lora = load_config(FinetuneConfig, None, ["method=qlora"])
+    for family in families.values():
+        assert check_target_modules(family.folder, lora) == LLAMA_LAYOUT, family.name
+    # Architectures that name them otherwise: found all the same, the output head left out.
+    Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               pad_token_id=0).save_pretrained(tmp_path / "phi3")
+    assert check_target_modules(tmp_path / "phi3", lora) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+    GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4).save_pretrained(tmp_path / "gpt2")
+    assert check_target_modules(tmp_path / "gpt2", lora) == ["c_attn", "c_fc", "c_proj"]
+    # A user's own list is kept as it is.
+    explicit = load_config(FinetuneConfig, None, ["method=qlora", "lora.target_modules=[q_proj, v_proj]"])
+    assert check_target_modules(families["mistral"].folder, explicit) == ["q_proj", "v_proj"]
+
+
+def finetune_on(family, method: str, tmp_path: Path, picked_sink, extra: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """Two optimizer steps of `method` on the family's checkpoint with Alpaca data, through the real worker."""
+    config = load_config(FinetuneConfig, None, [
+        f"method={method}", f"data={ALPACA}", "max_examples=24", "seq_len=128", "workers=1", "micro_batch=2",
+        "global_batch=2", "max_steps=2", "checkpoint_every=2", "log_every=1", "lora.rank=4", "optim.lr=0.01",
+        *extra])
+    rows = tmp_path / "rows"
+    build_sft_rows(load(family.folder), config, rows, val_fraction=0.2, model_dir=family.folder)
+    output = tmp_path / "out"
+    output.mkdir()
+    job = TrainJob(config=config, train_dir=str(rows / "train"), val_dir=str(rows / "val"),
+                   tokenizer_dir=str(family.folder), output_dir=str(output), init_model_dir=str(family.folder))
+    return output, train_worker(job, picked_sink(tmp_path / "ckpt"))
+
+
+def test_qlora_trains_two_steps_on_each_family(family, tmp_path, gloo_group, picked_sink):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    output, metrics = finetune_on(family, "qlora", tmp_path, picked_sink)
+    assert metrics["step"] == 2 and math.isfinite(metrics["loss"]) and math.isfinite(metrics["val_loss"])
+    adapter = output / "adapter"
+    assert sorted(json.loads((adapter / "adapter_config.json").read_text())["target_modules"]) == LLAMA_LAYOUT
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at zero: it learned
+    # The merged model is the family's own architecture, in full precision, and still stops at its end of turn.
+    merged = AutoModelForCausalLM.from_pretrained(output / "model")
+    assert type(merged).__name__ == family.architecture and merged.dtype == torch.float32
+    end_of_turn = load(output / "model").convert_tokens_to_ids(family.end_of_turn)
+    assert end_of_turn in GenerationConfig.from_pretrained(output / "model").eos_token_id
+    shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)
+
+
+def test_full_sft_of_a_half_precision_checkpoint_trains_in_fp32(families, tmp_path, gloo_group, picked_sink):
+    from transformers import AutoModelForCausalLM
+
+    family = families["mistral"]  # stored in fp16
+    output, metrics = finetune_on(family, "sft", tmp_path, picked_sink, ("strategy.zero_stage=0",))
+    assert metrics["step"] == 2
+    trained = AutoModelForCausalLM.from_pretrained(output / "model")
+    base = AutoModelForCausalLM.from_pretrained(family.folder, dtype=torch.float32)
+    assert type(trained).__name__ == family.architecture and trained.dtype == torch.float32
+    assert not torch.equal(trained.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight)
+    shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)

@@ -58,6 +58,10 @@ def test_one_model_or_a_list_of_models():
     assert [(m.path, m.name, m.engine, m.replicas) for m in config.served_models()] == [
         ("/a", None, None, 1), ("/b", "b", "cpu", 2)]
     assert ServeConfig().served_models() == []
+    # Each model's tool-call markup, by vLLM's parser names; unset: told from its chat template.
+    config = ServeConfig(models=[{"path": "/a", "tool_parser": "mistral"}, {"path": "/b"}])
+    assert [m.tool_parser for m in config.served_models()] == ["mistral", None]
+    assert ServeConfig(model="/m", tool_parser="llama3_json").served_models()[0].tool_parser == "llama3_json"
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -68,6 +72,8 @@ def test_one_model_or_a_list_of_models():
     ({"models": [{"path": "/a", "num_gpus": 1.5}]}, "whole GPUs"),
     ({"models": [{"path": "/a", "num_gpus": -1}]}, "greater than or equal to 0"),
     ({"engine": "tpu"}, "'auto', 'cpu' or 'vllm'"),
+    ({"models": [{"path": "/a", "tool_parser": "pythonic"}]}, "'hermes', 'llama3_json', 'mistral' or 'solo'"),
+    ({"tool_parser": "hermes", "models": [{"path": "/b"}]}, "set model .* or models, not both"),
 ])
 def test_bad_serve_settings_are_refused(settings, message):
     with pytest.raises(ValidationError, match=message):

@@ -19,9 +19,8 @@ from solo.serving.engine import TokenLogprob
 from solo.serving.http.app import build_gateway
 from solo.serving.http.service import ServedModel
 from solo.serving.security import Limits, RateLimiter, TokenRateLimiter, digest, read_api_keys
-from solo.serving.tools import ToolCallStream
 from solo.tokens.tokenizer import END_OF_TURN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
-from tests.api import MODEL, USER, assert_error, events
+from tests.api import MODEL, USER, assert_error, events, streamed_calls
 from tests.fakes import FakeEngine
 from tests.served import samples
 from tests.waits import until, wait_until
@@ -221,7 +220,7 @@ def test_beyond_max_queue_generations_get_a_503(tokenizer):
 # ---------------------------------------------------------------- tool calls
 
 
-CALL = f'{TOOL_CALL_OPEN}{{"name": "lookup", "arguments": {{"q": "json"}}}}{TOOL_CALL_CLOSE}'
+CALL = f'{TOOL_CALL_OPEN}\n{{"name": "lookup", "arguments": {{"q": "json"}}}}\n{TOOL_CALL_CLOSE}'
 
 
 def test_a_tool_call_in_the_answer_is_returned_in_openai_shape(tokenizer):
@@ -244,26 +243,16 @@ def test_a_tool_call_streams(tokenizer):
                                                               "stream": True}))[:-1]
     deltas = [c["choices"][0]["delta"] for c in chunks]
     assert "".join(d.get("content") or "" for d in deltas) == "Ok."
-    (call,) = [tc for d in deltas for tc in d.get("tool_calls") or []]
-    assert call["index"] == 0 and call["function"] == {"name": "lookup", "arguments": '{"q": "json"}'}
+    (call,) = streamed_calls(chunks)
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "lookup", "arguments": '{"q": "json"}'}
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
-
-
-def test_the_tool_call_parser_handles_any_split_and_bad_calls():
-    text = "a<b" + CALL + "mid" + CALL.replace("lookup", "find") + f"{TOOL_CALL_OPEN}not json{TOOL_CALL_CLOSE}end"
-    for size in (1, 2, 5, len(text)):
-        parser, content = ToolCallStream(), ""
-        for i in range(0, len(text), size):
-            content += parser.push(text[i:i + size], final=i + size >= len(text)).content
-        assert content == f"a<bmid{TOOL_CALL_OPEN}not json{TOOL_CALL_CLOSE}end"
-        assert [c.function.name for c in parser.calls] == ["lookup", "find"]
-    cut = ToolCallStream()
-    assert cut.push(f"x{TOOL_CALL_OPEN}{{\"na", final=True).content == f"x{TOOL_CALL_OPEN}{{\"na"
 
 
 def test_a_forced_tool_call_is_constrained_and_parsed_from_the_reply(tokenizer):
     arguments = '{"name": "lookup", "arguments": {"q": "json"}}'
     close = tokenizer.convert_tokens_to_ids(TOOL_CALL_CLOSE)
+    opening = tokenizer.encode(TOOL_CALL_OPEN + "\n", add_special_tokens=False)
     for choice in ("required", {"type": "function", "function": {"name": "lookup"}}):
         engine = FakeEngine([*tokenizer.encode(arguments, add_special_tokens=False), close])
         client = gateway(engine, tokenizer)
@@ -273,15 +262,14 @@ def test_a_forced_tool_call_is_constrained_and_parsed_from_the_reply(tokenizer):
         assert call["function"] == {"name": "lookup", "arguments": '{"q": "json"}'}
         assert body["choices"][0]["finish_reason"] == "tool_calls"
         prompt_ids, params = engine.calls[0]
-        assert prompt_ids[-1] == tokenizer.convert_tokens_to_ids(TOOL_CALL_OPEN), "the call marker opens the reply"
+        assert prompt_ids[-len(opening):] == opening, "the call markup opens the reply"
         assert params.stop_token_ids == (close,)
         assert json.loads(params.json_schema)["properties"]["name"] == {"const": "lookup"}
     stream = gateway(FakeEngine([*tokenizer.encode(arguments, add_special_tokens=False), close]), tokenizer).post(
         "/v1/chat/completions", json={"model": MODEL, "messages": USER, "tools": TOOLS, "tool_choice": "required",
                                       "stream": True})
     chunks = [c for c in events(stream) if c != "[DONE]" and c["choices"]]
-    calls = [c for chunk in chunks for c in chunk["choices"][0]["delta"].get("tool_calls") or []]
-    assert [c["function"]["name"] for c in calls] == ["lookup"]
+    assert [c["function"] for c in streamed_calls(chunks)] == [{"name": "lookup", "arguments": '{"q": "json"}'}]
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 

@@ -29,13 +29,19 @@ def test_messages_reach_the_template_as_plain_dicts():
         {"role": "assistant", "content": None,
          "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "content": "r", "tool_call_id": "c1"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "g", "arguments": "not json"}}]},
     ])
+    # Arguments as an object, which templates write with `tojson` (text that is no JSON object stays text); a
+    # tool result keeps the id of its call, which Mistral's templates require.
     assert r.template_messages() == [
         {"role": "system", "content": "ab"},
         {"role": "user", "content": "q"},
         {"role": "assistant", "content": "",
-         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "content": "r"},
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}]},
+        {"role": "tool", "content": "r", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "g", "arguments": "not json"}}]},
     ]
 
 

@@ -11,11 +11,18 @@ from solo.tokens import tokenizer as tok
 from solo.tokens import train_bpe as bpe
 from solo.tokens.shards import IGNORE, ShardWriter, TokenShards
 from solo.train.chat_formats import SkipCounts, read_conversations
+from solo.train.config import FinetuneConfig
+from solo.train.masking import AssistantMasker
 from solo.train.presets import llama_config
-from solo.train.sft import RowPacker, build_sft_rows, masked_tokens
+from solo.train.sft import RowPacker, build_sft_rows
 
 MESSAGES = [{"role": "user", "content": "What does len do?"},
             {"role": "assistant", "content": "Return the number of items in a container."}]
+
+
+def masked_tokens(tokenizer, messages):
+    """(ids, labels) of one conversation under solo's own template, whose {% generation %} marks the assistant."""
+    return AssistantMasker(tokenizer).tokens(messages)
 
 
 def small_tokenizer(tmp_path):
@@ -25,7 +32,7 @@ def small_tokenizer(tmp_path):
 
 def test_labels_only_on_assistant_tokens(tmp_path):
     tokenizer = small_tokenizer(tmp_path)
-    ids, labels = masked_tokens(tokenizer, MESSAGES, seq_len=64)
+    ids, labels = masked_tokens(tokenizer, MESSAGES)
     assert len(ids) == len(labels) < 64
     learned = tokenizer.decode([i for i in labels if i != IGNORE])
     assert learned == "Return the number of items in a container.<|end|>"
@@ -33,7 +40,7 @@ def test_labels_only_on_assistant_tokens(tmp_path):
 
 def test_masked_tokens_contribute_exactly_zero_gradient(tmp_path):
     tokenizer = small_tokenizer(tmp_path)
-    ids, labels = masked_tokens(tokenizer, MESSAGES, seq_len=48)
+    ids, labels = masked_tokens(tokenizer, MESSAGES)
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config("demo", vocab_size=len(tokenizer), seq_len=48))
     input_ids, target = torch.tensor([ids]), torch.tensor([labels])
@@ -50,9 +57,18 @@ def test_masked_tokens_contribute_exactly_zero_gradient(tmp_path):
     assert (grad_norm_per_position[~masked] > 0).all()
 
 
-def test_a_conversation_with_no_assistant_token_left_is_skipped(tmp_path):
-    tokenizer = small_tokenizer(tmp_path)
-    assert masked_tokens(tokenizer, MESSAGES, seq_len=4) is None
+def test_a_conversation_longer_than_seq_len_is_counted_as_such_never_cut(tmp_path):
+    tokenizer = small_tokenizer(tmp_path / "tok")
+    length = len(masked_tokens(tokenizer, MESSAGES)[0])
+    longer = [MESSAGES[0], {"role": "assistant", "content": MESSAGES[1]["content"] + " Or of a sequence."}]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (MESSAGES, longer, longer)))
+    metrics = build_sft_rows(tokenizer, FinetuneConfig(data=str(data), seq_len=length), tmp_path / "rows",
+                             val_fraction=1e-9)
+    assert metrics["conversations"] == 1 and metrics["tokens"] == length
+    assert metrics[f"skipped: longer than seq_len {length}"] == 2
+    with pytest.raises(SoloError, match=r"\(3 longer than seq_len 8\): raise seq_len"):
+        build_sft_rows(tokenizer, FinetuneConfig(data=str(data), seq_len=8), tmp_path / "rows8")
 
 
 # ---------------------------------------------------------------- formats
@@ -125,8 +141,6 @@ def test_malformed_records_are_counted_by_reason_and_skipped(tmp_path):
 
 
 def test_build_sft_rows_writes_the_skip_reasons_into_its_report(tmp_path):
-    from solo.train.config import FinetuneConfig
-
     tokenizer = small_tokenizer(tmp_path / "tok")
     data = tmp_path / "chats.jsonl"
     records = [json.dumps(r) for r in [TOOL_CONVERSATION, {"messages": MESSAGES}, {"bad": 1}]] + ["oops"]
@@ -148,7 +162,7 @@ def test_build_sft_rows_writes_the_skip_reasons_into_its_report(tmp_path):
 
 def test_packed_rows_restart_positions_and_keep_every_label(tmp_path):
     tokenizer = small_tokenizer(tmp_path)
-    ids, labels = masked_tokens(tokenizer, MESSAGES, 64)
+    ids, labels = masked_tokens(tokenizer, MESSAGES)
     seq_len = 2 * len(ids) + 3  # two conversations fit in a row, the third starts a new one
     writer = ShardWriter(tmp_path / "rows", seq_len, np.dtype(np.uint16), 100, with_labels=True, with_positions=True)
     packer = RowPacker(writer, tokenizer.pad_token_id, pack=True)
@@ -172,9 +186,9 @@ def test_a_packed_conversation_attends_only_to_itself(tmp_path):
     conversation's are untouched by the one after it: no token sees another conversation. The model
     is called as solo.train.loop.model_inputs calls it: position ids, no attention mask, no KV cache."""
     tokenizer = small_tokenizer(tmp_path)
-    first, _ = masked_tokens(tokenizer, MESSAGES, 64)
+    first, _ = masked_tokens(tokenizer, MESSAGES)
     second, _ = masked_tokens(tokenizer, [{"role": "user", "content": "And what does sorted do?"},
-                                          {"role": "assistant", "content": "Return a new sorted list."}], 64)
+                                          {"role": "assistant", "content": "Return a new sorted list."}])
     torch.manual_seed(0)
     config = llama_config("demo", vocab_size=len(tokenizer), seq_len=128)
     for attention in ("sdpa", "eager"):
@@ -195,7 +209,7 @@ def test_a_packed_conversation_attends_only_to_itself(tmp_path):
 
 def test_masked_tokens_of_a_packed_row_contribute_exactly_zero_gradient(tmp_path):
     tokenizer = small_tokenizer(tmp_path)
-    ids, labels = masked_tokens(tokenizer, MESSAGES, 64)
+    ids, labels = masked_tokens(tokenizer, MESSAGES)
     row, target = torch.tensor([ids + ids]), torch.tensor([labels + labels])
     positions = torch.tensor([list(range(len(ids))) * 2])
     torch.manual_seed(0)

@@ -40,9 +40,12 @@ def test_digits_are_split(trained):
 def test_mask_covers_exactly_the_assistant_turns(trained):
     ids, mask = tok.render_chat(trained, CONVERSATION)
     learned = trained.decode([i for i, m in zip(ids, mask) if m])
+    # Hermes' markup, in special tokens, as vLLM's hermes parser, llama.cpp and Ollama read it.
     assert learned == ("42.<|end|>"
-                       '<|tool_call|>{"name": "weather", "arguments": {"city": "Paris"}}<|/tool_call|><|end|>'
+                       '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call><|end|>'
                        "It is 21 °C.<|end|>")
+    assert [trained.convert_tokens_to_ids(t) for t in (tok.TOOL_CALL_OPEN, tok.TOOL_CALL_CLOSE)] == [
+        ids[i] for i in range(len(ids)) if trained.convert_ids_to_tokens(ids[i]) in ("<tool_call>", "</tool_call>")]
     not_learned = trained.decode([i for i, m in zip(ids, mask) if not m])
     assert "Check the weather" in not_learned and "42." not in not_learned
 

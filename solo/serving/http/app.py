@@ -70,8 +70,8 @@ def build_gateway(served: Sequence[ServedModel], *, max_new_tokens: int, limits:
     metrics = Metrics(names, max_model_len=max(model.engine.max_context for model in served))
     # One bound for the whole gateway (it guards its memory), and one account of tokens per caller.
     admission = Admission(limits.max_queue, TokenRateLimiter(limits.rate_limit_tpm, clock))
-    models = Models([ModelService(m.engine, m.tokenizer, m.name, max_new_tokens, metrics, admission, m.parent)
-                     for m in served])
+    models = Models([ModelService(m.engine, m.tokenizer, m.name, max_new_tokens, metrics, admission, m.parent,
+                                  m.tool_parser) for m in served])
     app = FastAPI(title="solo", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.include_router(health_router())

@@ -8,6 +8,8 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from jinja2.exceptions import TemplateError
+from transformers import PreTrainedTokenizerBase
 
 from solo.serving.engine import SamplingParams, TokenLogprob
 from solo.serving.grammar import check_schema
@@ -23,14 +25,14 @@ from solo.serving.protocol import (
     ChunkChoice,
     DeltaMessage,
     FinishReason,
-    Tool,
+    FunctionCallDelta,
     ToolCallDelta,
     Usage,
     completion_id,
     now,
 )
-from solo.serving.tools import ToolCallStream
-from solo.tokens.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_chat
+from solo.serving.tools import ForcedCall
+from solo.tokens.tokenizer import render_chat
 
 
 class ChatService:
@@ -47,33 +49,49 @@ class ChatService:
         for i, tool in enumerate(request.tools or []):
             if tool.function.parameters is not None:
                 _constraint(tool.function.parameters, f"tools[{i}].function.parameters")
-        prompt_ids, _ = render_chat(tokenizer, request.template_messages(), request.template_tools(),
-                                    add_generation_prompt=True)
+        if request.parses_tool_calls and self.model.tool_format is None:
+            raise APIError(400, f"The model `{self.model.model_name}` has no tool-call markup solo knows in its chat "
+                                "template: it cannot be offered tools (a serve config's tool_parser names one).",
+                           param="tools", code="invalid_value")
+        try:
+            prompt_ids, _ = render_chat(tokenizer, request.template_messages(), request.template_tools(),
+                                        add_generation_prompt=True)
+        except TemplateError as error:  # the template's own raise_exception: a conversation it cannot write
+            raise APIError(400, f"The model's chat template refused the conversation: {error}", param="messages",
+                           code="invalid_value") from None
         if request.forced_tools:
-            # The reply opens with the call marker (given, not sampled), then JSON naming one of the
-            # tools with arguments its schema allows, then the closing marker, which ends it.
-            prompt_ids = [*prompt_ids, tokenizer.convert_tokens_to_ids(TOOL_CALL_OPEN)]
+            # The reply opens with the family's call markup (given, not sampled), then JSON naming one of the
+            # tools with arguments its schema allows, then the closing markup or the end of the turn.
+            forced = self.forced_call(request)
+            prompt_ids = [*prompt_ids, *tokenizer.encode(forced.prefix, add_special_tokens=False)]
             params = self.model.sampling(request, prompt_ids, request.requested_max_tokens, "messages")
-            schema = _constraint(call_schema(request.forced_tools), "tools")
+            schema = _constraint(forced.schema, "tools")
+            close = _single_token(tokenizer, forced.close)
             return prompt_ids, replace(params, json_schema=schema,
-                                       stop_token_ids=(tokenizer.convert_tokens_to_ids(TOOL_CALL_CLOSE),))
+                                       stop_token_ids=params.stop_token_ids if close is None else (close,))
         params = self.model.sampling(request, prompt_ids, request.requested_max_tokens, "messages")
         schema = request.response_format.output_schema() if request.response_format else None
         if schema is not None:
             params = replace(params, json_schema=_constraint(schema, "response_format"))
         return prompt_ids, params
 
+    def forced_call(self, request: ChatCompletionRequest) -> ForcedCall:
+        return self.model.tool_format.forced_call([tool.function.model_dump() for tool in request.forced_tools])
+
     async def complete(self, request: ChatCompletionRequest, prompt_ids: list[int], params: SamplingParams,
                        admitted: Admitted) -> ChatCompletionResponse:
         async def choice(index: int, params: SamplingParams) -> tuple[Choice, int]:
             pieces = [p async for p in self.model.run(prompt_ids, params, request.stop_strings, admitted)]
             text, finish = "".join(p.text for p in pieces), pieces[-1].finish_reason
-            if request.forced_tools:  # the markers were the prompt's and the stop token: parse as if written
-                text = TOOL_CALL_OPEN + text + (TOOL_CALL_CLOSE if finish == "stop" else "")
+            if request.forced_tools:  # the markup was the prompt's and the stop's: parse as if written
+                forced = self.forced_call(request)
+                text = forced.prefix + text + ((forced.close or "") if finish == "stop" else "")
             content, calls = text, None
             if request.parses_tool_calls:
-                parsed = ToolCallStream().push(text, final=True)
-                content, calls = parsed.content, parsed.calls or None
+                parsed = self.model.tool_format.parse(text)
+                content, calls = parsed.content, parsed.calls[:request.most_tool_calls] or None
+                if calls and not content.strip():  # the newlines around calls are markup, not an answer
+                    content = ""
             logprobs = self.model.texts.chat([lp for p in pieces for lp in p.logprobs]) if request.logprobs else None
             return Choice(index=index, message=AssistantMessage(content=content or (None if calls else ""),
                                                                 tool_calls=calls),
@@ -100,24 +118,33 @@ class ChatService:
                     ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)])
 
             yield chunk(DeltaMessage(role="assistant", content=""))
-            tools = ToolCallStream() if request.parses_tool_calls else None
-            if request.forced_tools:
-                tools.push(TOOL_CALL_OPEN)
+            tools = self.model.tool_format.stream() if request.parses_tool_calls else None
+            forced = self.forced_call(request) if request.forced_tools else None
+            if forced is not None:
+                tools.push(forced.prefix)
+            sent = 0  # calls streamed so far
             async for piece in self.model.run(prompt_ids, params, request.stop_strings, admitted):
                 final = piece.finish_reason is not None
                 content, calls = piece.text, []
                 pending.extend(piece.logprobs)
                 if tools is not None:
-                    closed = request.forced_tools and piece.finish_reason == "stop"
-                    parsed = tools.push(piece.text + (TOOL_CALL_CLOSE if closed else ""), final=final)
+                    closing = forced.close if forced is not None and piece.finish_reason == "stop" else None
+                    parsed = tools.push(piece.text + (closing or ""), final=final)
                     content, calls = parsed.content, parsed.calls
+                    if calls and not content.strip():
+                        content = ""
                 if content:
                     yield chunk(DeltaMessage(content=content))
-                if calls:
-                    first = len(tools.calls) - len(calls)
-                    yield chunk(DeltaMessage(tool_calls=[ToolCallDelta(index=first + i, id=call.id,
-                                                                       function=call.function)
-                                                         for i, call in enumerate(calls)]))
+                for call in calls:
+                    if request.most_tool_calls is not None and sent >= request.most_tool_calls:
+                        break
+                    # As OpenAI streams a call: its id and name first, then its arguments.
+                    yield chunk(DeltaMessage(tool_calls=[ToolCallDelta(
+                        index=sent, id=call.id, type="function",
+                        function=FunctionCallDelta(name=call.function.name, arguments=""))]))
+                    yield chunk(DeltaMessage(tool_calls=[ToolCallDelta(
+                        index=sent, function=FunctionCallDelta(arguments=call.function.arguments))]))
+                    sent += 1
                 if final:
                     yield chunk(DeltaMessage(), _chat_finish(piece.finish_reason, bool(tools and tools.calls)))
                     produced[index] = piece.completion_tokens
@@ -129,12 +156,12 @@ class ChatService:
                                       usage=Usage.of(len(prompt_ids), sum(produced.values())))
 
 
-def call_schema(tools: list[Tool]) -> dict:
-    """A call of one of `tools` as the chat template writes it: {"name": ..., "arguments": {...}}."""
-    calls = [{"type": "object", "properties": {"name": {"const": tool.function.name},
-                                               "arguments": tool.function.parameters or {"type": "object"}},
-              "required": ["name", "arguments"], "additionalProperties": False} for tool in tools]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+def _single_token(tokenizer: PreTrainedTokenizerBase, text: str | None) -> int | None:
+    """The id of the one token that is `text` (a special or added token, as a family's closing tag), else None."""
+    if not text:
+        return None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
 
 
 def _constraint(schema: dict, param: str) -> str:

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from transformers import PreTrainedTokenizerBase
 
+from solo.serving.config import ToolParserName
 from solo.serving.detokenize import TextStream
 from solo.serving.engine import Engine, EngineLoad, SamplingParams, TokenLogprob
 from solo.serving.http.errors import APIError
@@ -32,6 +33,7 @@ from solo.serving.protocol import (
     now,
 )
 from solo.serving.security import Caller, TokenRateLimiter
+from solo.serving.tools import tool_format
 from solo.tokens.tokenizer import stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class ServedModel:
     engine: Engine
     tokenizer: PreTrainedTokenizerBase
     parent: str | None = None  # a LoRA adapter's base model
+    tool_parser: ToolParserName | None = None  # its tool-call markup; None: the chat template's
 
 
 class ModelService:
@@ -109,7 +112,8 @@ class ModelService:
     turned into text pieces, measured."""
 
     def __init__(self, engine: Engine, tokenizer: PreTrainedTokenizerBase, model_name: str, max_new_tokens: int,
-                 metrics: Metrics, admission: Admission, parent: str | None = None):
+                 metrics: Metrics, admission: Admission, parent: str | None = None,
+                 tool_parser: ToolParserName | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -118,6 +122,7 @@ class ModelService:
         self.metrics = metrics
         self.admission = admission
         self.stop_token_ids = tuple(stop_token_ids(tokenizer))
+        self.tool_format = tool_format(tokenizer.chat_template, tool_parser)  # None: the model writes no calls
         self.texts = TokenTexts(tokenizer)
         self.created = now()
 
