@@ -122,3 +122,10 @@ def test_a_run_made_under_the_old_names_is_renamed_and_still_up_to_date(tmp_path
     assert set(LEGACY_FOLDERS.values()) == {"tokenize", "finetune", "evaluate"}
     migrate_run(run)  # a second time changes nothing
     assert read_manifest(run.stage_dir("tokenize")) == tokenize
+
+
+def test_every_test_module_has_a_name_of_its_own():
+    """tests/ has no __init__.py, so pytest imports each test file by its bare name: two of one name in different
+    folders cannot both be collected in one run."""
+    names = [p.name for p in (REPO_ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -2,7 +2,7 @@
 [TOOL_CALLS]) behind the gateway, on the real CPU engine in this process: each loads from its half-precision
 checkpoint, stops at its own end of turn, has its calls read from its own markup, and a forced call in that
 markup holds to the tool's schema. (Over Ray Serve and the `openai` client:
-tests/integration/test_serve_families.py.)"""
+tests/integration/test_serve_families_over_ray.py.)"""
 
 from __future__ import annotations
 
