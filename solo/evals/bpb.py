@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from solo.evals.likelihood import filler_id
+
 
 @torch.no_grad()
 def bits_per_byte(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 8) -> dict:
@@ -26,7 +28,7 @@ def bits_per_byte(model, tokenizer, texts: list[str], seq_len: int, batch_size: 
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
         width = max(len(w) for w in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(chunk), width), filler_id(tokenizer), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.bool)
         for row, w in enumerate(chunk):
             ids[row, :len(w)] = torch.tensor(w)

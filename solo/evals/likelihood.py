@@ -63,7 +63,7 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_
     results: list[Scored | None] = [None] * len(requests)
     for i in range(0, len(inputs), batch_size):
         chunk = inputs[i:i + batch_size]
-        for seq, rows in zip(chunk, _forward(model, tokenizer.pad_token_id, chunk)):
+        for seq, rows in zip(chunk, _forward(model, filler_id(tokenizer), chunk)):
             for index in by_input[seq]:
                 results[index] = _score(rows, targets[index])
     return results
@@ -74,6 +74,15 @@ def _score(rows: torch.Tensor, target: list[int]) -> Scored:
     wanted = torch.tensor(target)
     picked = rows.gather(1, wanted[:, None]).squeeze(1)
     return Scored(float(picked.sum()), bool((rows.argmax(-1) == wanted).all()))
+
+
+def filler_id(tokenizer) -> int:
+    """The id that pads a batch's shorter rows: masked out and cut off, so any token does where a tokenizer has no
+    pad token (Llama 3's and Mistral's have none)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
 
 
 def _forward(model, pad_id: int, batch: list[tuple[int, ...]]) -> list[torch.Tensor]:
