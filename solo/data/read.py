@@ -63,13 +63,13 @@ def read_inputs(config: DataConfig):
             datasets.append(ray.data.from_items(damaged))
         if arrow:  # a task per file, a table per record batch: a shard is never read whole
             ds = ray.data.from_items([{"path": path} for path in arrow], override_num_blocks=len(arrow))
-            datasets.append(ds.map_batches(_ArrowRows(spec), batch_size=1, batch_format="pyarrow"))
+            datasets.append(ds.map_batches(_FileRows(spec, arrow_records), batch_size=1, batch_format="pyarrow"))
         if others:
             # Each task reads its files itself, so that they are decompressed by their first bytes (and a damaged
             # one salvaged): Ray's binary reader decompresses by file name, and fails the whole read on a
             # truncated .gz.
             ds = ray.data.from_items([{"path": path} for path in others], override_num_blocks=len(others))
-            datasets.append(ds.map_batches(_FileRows(spec), batch_size=1, batch_format="pyarrow"))
+            datasets.append(ds.map_batches(_FileRows(spec, file_records), batch_size=1, batch_format="pyarrow"))
         if spec.max_documents is not None:
             datasets[-1] = datasets[-1].limit(spec.max_documents)
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
@@ -98,13 +98,14 @@ class _ParquetRows:
 
 
 class _FileRows:
-    """file_records of the file a one-row Ray Data batch names, a table at a time."""
+    """The records of the file a one-row Ray Data batch names, read by `records_of` (file_records,
+    arrow_records), a table per batch of records."""
 
-    def __init__(self, spec: InputSpec):
-        self.spec = spec
+    def __init__(self, spec: InputSpec, records_of: Callable[[InputSpec, Path], Iterator[list[dict]]]):
+        self.spec, self.records_of = spec, records_of
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        for records in file_records(self.spec, Path(batch.column("path")[0].as_py())):
+        for records in self.records_of(self.spec, Path(batch.column("path")[0].as_py())):
             if records:
                 yield pa.Table.from_pylist(records)
 
@@ -117,18 +118,6 @@ def file_records(spec: InputSpec, path: Path) -> Iterator[list[dict]]:
             yield from jsonl_records(spec, path, file)
     else:
         yield parse_file(spec, path, path.read_bytes())
-
-
-class _ArrowRows:
-    """arrow_records of the file a one-row Ray Data batch names, a table per record batch."""
-
-    def __init__(self, spec: InputSpec):
-        self.spec = spec
-
-    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        for records in arrow_records(self.spec, Path(batch.column("path")[0].as_py())):
-            if records:
-                yield pa.Table.from_pylist(records)
 
 
 # ---------------------------------------------------------------- checked before anything runs
