@@ -114,6 +114,31 @@ def muon_problem(engine: str, strategy: StrategyConfig | None, adapters: bool) -
     return ""
 
 
+class LoopConfig(Schema):
+    """How the training loop computes: each switch gives the plain computation's result within float tolerance
+    (tests/unit/test_loop_switches.py holds each to it) and only changes its speed and memory. `auto`: on where
+    it was measured faster (on CUDA; off on the CPU where it measured slower: docs/training.md#the-fast-path);
+    solo.train.fast_path resolves it, and `solo plan --config` shows what it resolved to."""
+
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the model (DeepSpeed at ZeRO 0-2; the stream engine's per-layer compute). auto: on CUDA."""
+    loss: Literal["auto", "plain", "chunked", "fused"] = "auto"
+    """How the cross-entropy is computed. plain: transformers' (the whole batch's logits, upcast to fp32);
+    chunked: the head's matmul and the cross-entropy a chunk of tokens at a time, the gradients computed in
+    the same pass, so no whole-batch logits are ever held; fused: Liger kernel's fused linear cross-entropy
+    (Triton, CUDA). auto: fused where Liger, Triton and CUDA are present, chunked on CUDA otherwise, plain on
+    the CPU. chunked and fused need the head's weight whole (ZeRO 0-2 or engine: stream) and a Llama-style
+    model (a decoder under `.model`, the head under `.lm_head`)."""
+    loss_chunk_tokens: int = Field(default=8192, ge=64)
+    """Tokens per chunk of the chunked cross-entropy: its largest transient is chunk × vocabulary fp32 logits."""
+    prefetch: bool | Literal["auto"] = "auto"
+    """Copy the next step's rows to the device from pinned memory, without blocking, while this step computes;
+    the loop then waits on the device once per optimizer step. auto: on CUDA."""
+    fused_adamw: bool | Literal["auto"] = "auto"
+    """torch's fused AdamW (one kernel for every tensor) wherever AdamW runs on the device (no optimizer
+    offload, not the stream engine). auto: on CUDA."""
+
+
 # `strategy:` is "auto" or the fields; the discriminator validates against the one the value means, so a
 # mistake in the fields is reported alone (not beside "Input should be 'auto'").
 StrategyChoice = Annotated[
@@ -132,7 +157,8 @@ class TrainConfig(Schema):
     # `workers` stays out of the fingerprint: the global batch is the same on any worker count, so a
     # stage interrupted on N workers and submitted again on M keeps its checkpoints (and is told plainly
     # whether it can resume from them) rather than silently starting afresh.
-    unfingerprinted: ClassVar[frozenset[str]] = frozenset({"workers"})
+    # `loop` neither: its switches change the speed, not the result (within float tolerance).
+    unfingerprinted: ClassVar[frozenset[str]] = frozenset({"workers", "loop"})
 
     model: ModelPreset = "demo"
     """The model's size (solo.train.presets: layers, width, heads)."""
@@ -156,6 +182,18 @@ class TrainConfig(Schema):
     """How to spread the model over workers and memory. auto (the default): the fastest that fits this machine,
     chosen by the planner (solo.train.planner, `solo plan`) before training starts; a model that fits trains
     whole on each worker (ZeRO-0), and offload is planned only where it must be. Set the fields to choose."""
+    loop: LoopConfig = LoopConfig()
+    """How the loop computes: compile, the cross-entropy, prefetching, fused AdamW (solo.train.fast_path)."""
+    seq_len: int | None = Field(default=None, ge=8, exclude_if=lambda value: value is None)
+    """Tokens per training row this config is made for (the tokenize stage's `seq_len`): the stage refuses rows
+    of another length, and `solo plan --config` plans with it. null: whatever the tokenize stage made."""
+    vocab_size: int | None = Field(default=None, ge=2, exclude_if=lambda value: value is None)
+    """The tokenizer's vocabulary this config is made for (the tokenizer stage's `vocab_size`): the stage refuses
+    a tokenizer of another size, and `solo plan --config` plans with it. null: whatever the tokenizer has."""
+    vocab_multiple: int = Field(default=64, ge=1)
+    """A model built from a preset gets an embedding of the tokenizer's vocabulary rounded up to a multiple of
+    this (matmul shapes the GPU's tensor cores take whole); the rows past the vocabulary are never a label, and
+    the saved model (export, serving, evaluation) has the tokenizer's vocabulary exactly. 1: no padding."""
     engine: Literal["deepspeed", "stream"] = "deepspeed"
     """deepspeed: ZeRO sharding and offload as `strategy` says; stream: weights and Adam state in host memory,
     streamed to the device a layer at a time (solo.train.stream; full-weight training only, fp32 or bf16;
