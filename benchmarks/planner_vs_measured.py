@@ -75,12 +75,15 @@ def measure(config, work: Path, output: Path) -> dict:
 def predict(config, work: Path, seq_len: int, summary: dict) -> dict:
     from solo.tokens.tokenizer import load
     from solo.train import planner
+    from solo.train.auto_strategy import detect_hardware
+    from solo.train.presets import padded_vocab
 
-    model = planner.ModelShape.preset(config.model, len(load(work / "tokenizer")), seq_len)
+    model = planner.ModelShape.preset(config.model, padded_vocab(len(load(work / "tokenizer")), config.vocab_multiple),
+                                      seq_len)
     if config.strategy == "auto":  # what run_training planned and recorded
         return {"label": summary["strategy"], "parameters": model.parameters, "host_gb": summary["planned_host_gb"],
                 "gpu_gb": summary.get("planned_gpu_gb"), "tokens_per_s": summary["planned_tokens_per_s"]}
-    hardware = planner.detect_hardware(config)
+    hardware = detect_hardware(config)
     s = config.strategy
     strategy = planner.Strategy("deepspeed", s.zero_stage, s.offload_optimizer, s.offload_params,
                                 s.activation_checkpointing, s.precision)

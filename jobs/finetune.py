@@ -9,7 +9,10 @@ CPU (QLoRA: 4-bit NF4 base, LoRA adapters; a few minutes on two cores with the d
 GPU (one worker per GPU; QLoRA computes in bf16 there by itself, its adapters stay fp32):
     python -m jobs.finetune --config configs/finetune/qlora-cpu.yaml --model PATH --data chats.jsonl \
         --set device=cuda --set workers=1
-    python -m jobs.finetune --run demo --set device=cuda --set workers=1 --set strategy.precision=bf16
+    python -m jobs.finetune --run web --set device=cuda --set workers=1     # full SFT: strategy auto plans bf16 and
+                                                                           # what fits, as for pretraining
+The pretraining recipes for one GPU are configs/pretrain/{125m,350m,1.3b,2.7b,7b}-gpu.yaml (`python -m
+jobs.pretrain --help`).
 
 `--data` holds conversations: a jsonl file (`.gz`, `.zst` too), a JSON list, parquet, arrow, a folder of them, a
 folder written by save_to_disk (`--set split=train` picks a DatasetDict's split) or hf://datasets/OWNER/NAME;

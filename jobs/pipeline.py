@@ -6,8 +6,10 @@ skipped when its manifest matches and resumed when it was interrupted.
 CPU (this machine, the embedded corpus, a few minutes):
     python -m jobs.pipeline --config configs/pipelines/demo.yaml
     ray job submit --working-dir . -- python -m jobs.pipeline --config configs/pipelines/demo.yaml
-GPU (one card; set `pretrain.model`, batch and steps for it):
-    python -m jobs.pipeline --config configs/pipelines/demo.yaml --set pretrain.device=cuda --set pretrain.workers=1
+GPU (one card; set `pretrain.model`, batch and steps for it, or run the stages with a ready recipe for a 24 GB
+card, configs/pretrain/{125m,350m,1.3b,2.7b,7b}-gpu.yaml: `python -m jobs.pretrain --help`):
+    python -m jobs.pipeline --config configs/pipelines/demo.yaml --set pretrain.device=cuda --set pretrain.workers=1 \
+        --set pretrain.model=125m --set tokenizer.vocab_size=32000 --set tokenize.seq_len=1024
 Your own text:
     python -m jobs.pipeline --input ~/notes --input corpus.jsonl --set run=notes
 """

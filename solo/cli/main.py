@@ -13,7 +13,7 @@
                                               an Ollama Modelfile (llama.cpp, Ollama, LM Studio)
     solo report RUN [--config FILE]           the run's report card: report.md and plots
     solo demo                                 the whole promise: train the demo model, serve it, ask it something
-    solo plan [--preset P --gpu-mem GB --host-mem GB [--nvme GB] [--gpus N]]
+    solo plan [--preset P | --config FILE [--set k=v ...] [--json]] --gpu-mem GB --host-mem GB [--nvme GB]
                                               will it fit? memory and tokens/s of every strategy, and the pick
 """
 

@@ -16,8 +16,10 @@ from solo.tokens.tokenizer import load, stop_token_ids
 from solo.train import presets
 from solo.train.adapters import adapter_model
 from solo.train.config import TrainConfig
+from solo.train.fast_path import resolve_switches
 from solo.train.job import TrainJob
-from solo.train.presets import PRESETS
+from solo.train.loss import use_fast_loss
+from solo.train.presets import PRESETS, padded_vocab
 from solo.train.stream import StreamEngine
 
 
@@ -114,7 +116,8 @@ def param_swap_buffer_elements(job: TrainJob) -> int:
         vocab, hidden, intermediate = shape.vocab_size, shape.hidden_size, shape.intermediate_size
     else:
         preset = PRESETS[job.config.model]
-        vocab, hidden, intermediate = len(load(job.tokenizer_dir)), preset.hidden, preset.intermediate
+        vocab = padded_vocab(len(load(job.tokenizer_dir)), job.config.vocab_multiple)
+        hidden, intermediate = preset.hidden, preset.intermediate
     return -(-max(vocab, intermediate) * hidden // dist.get_world_size())
 
 
@@ -137,38 +140,79 @@ def build_model(job: TrainJob, ds_config: dict | None, device):
     seq_len = json.loads((Path(job.train_dir) / "index.json").read_text())["seq_len"]
     # No pad id in the model: padded positions carry label -100, and an embedding padding_idx
     # would have transformers zero a row that ZeRO-3 has already partitioned away.
-    llama = presets.llama_config(job.config.model, vocab_size=len(tokenizer), seq_len=seq_len,
-                                 eos_token_id=stop_token_ids(tokenizer))
+    # The embedding padded to `vocab_multiple` rows; solo.train.save cuts it back to the tokenizer's vocabulary.
+    llama = presets.llama_config(job.config.model, vocab_size=padded_vocab(len(tokenizer), job.config.vocab_multiple),
+                                 seq_len=seq_len, eos_token_id=stop_token_ids(tokenizer))
     return LlamaForCausalLM._from_config(llama), zero3
 
 
 def make_engine(job: TrainJob, workers: int, device, load_universal: bool = False):
-    """The engine `engine:` names, both driven alike by train_worker: DeepSpeed's (ZeRO, offload) or the
-    layer-streaming one (solo.train.stream). Returns the engine, the optimizer whose param_groups take the
-    LR, the micro-batches per step, and what must stay alive while it trains. `load_universal`: the
-    checkpoint to resume is DeepSpeed's universal one (written by another worker count)."""
+    """The engine `engine:` names, both driven alike by train_worker (through `train_step`): DeepSpeed's (ZeRO,
+    offload) or the layer-streaming one (solo.train.stream), with the loop's switches (`loop:`) applied. Returns
+    the engine, the optimizer whose param_groups take the LR, the micro-batches per step, the switches and what
+    must stay alive while it trains. `load_universal`: the checkpoint to resume is DeepSpeed's universal one
+    (written by another worker count)."""
     import deepspeed
 
     config = job.config
-    if device.type == "cpu":
-        # DeepSpeed's Muon wraps its update in torch.compile, which on the CPU costs half a minute of start-up
-        # for no gain on matrices this small; and nothing else compiles on the CPU.
-        torch.compiler.set_stance("force_eager")
     ds_config = deepspeed_config(config, workers)
     if load_universal:
         ds_config["checkpoint"] = {"load_universal": True}
     accumulation = ds_config["gradient_accumulation_steps"]
-    if config.engine == "stream":
-        model, _ = build_model(job, None, device)
-        model.train()
-        engine = StreamEngine(model, config, device, accumulation)
-        return engine, engine.optimizer, accumulation, None
-    model, zero3_alive = build_model(job, ds_config, device)
+    stream = config.engine == "stream"
+    model, zero3_alive = build_model(job, None if stream else ds_config, device)
+    switches = resolve_switches(config, device.type == "cuda", llama_like=is_llama_like(model))
+    if device.type == "cpu":
+        # DeepSpeed's Muon wraps its update in torch.compile, which on the CPU costs half a minute of start-up
+        # for no gain on matrices this small; and nothing else compiles on the CPU unless loop.compile says so.
+        # (The stance is the process's: set both ways, for the next engine built in it.)
+        torch.compiler.set_stance("default" if switches.compile else "force_eager")
     # from_pretrained hands back a model in eval mode, where transformers skips activation
     # checkpointing and dropout (LoRA's included) is off.
     model.train()
+    if stream:
+        engine = StreamEngine(model, config, device, accumulation, switches)
+        return engine, engine.optimizer, accumulation, switches, None
+    if switches.loss != "plain":
+        use_fast_loss(model, switches.loss, switches.loss_chunk_tokens)
     if config.strategy.activation_checkpointing:
         model.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
-    return engine, optimizer, accumulation, zero3_alive
+    client_optimizer = None
+    if switches.fused_adamw:
+        # torch's fused AdamW, one kernel over every tensor, in place of the optimizer section: the same update
+        # as DeepSpeed's AdamW (one group, decoupled decay on every weight), without building its CUDA op.
+        o = config.optim
+        client_optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=(o.beta1, o.beta2),
+                                             weight_decay=o.weight_decay, fused=True)
+        del ds_config["optimizer"]
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, optimizer=client_optimizer,
+                                                   config=ds_config)
+    if switches.compile:
+        engine.compile()  # the module's forward, in place: parameters and state_dict keep their names
+    return engine, optimizer, accumulation, switches, zero3_alive
+
+
+def is_llama_like(model) -> bool:
+    """Whether the model has a Llama's layout (decoder under `.model`, a bias-free head under `.lm_head`): what
+    the chunked and fused cross-entropies need."""
+    head = getattr(model, "lm_head", None)
+    return (isinstance(getattr(model, "model", None), torch.nn.Module) and isinstance(head, torch.nn.Linear)
+            and head.bias is None and not getattr(model.config, "final_logit_softcapping", None))
+
+
+def train_step(engine, micro_batches: list[dict]) -> torch.Tensor:
+    """One optimizer step over a global batch's micro-batches (forward, backward, the optimizer's step at the
+    last); returns the sum of their mean losses, on the device, without waiting for it. The stream engine walks
+    every micro-batch through each layer while the layer's weights are on the device; DeepSpeed's engine takes
+    them one after another, accumulating gradients."""
+    if isinstance(engine, StreamEngine):
+        return engine.train_step(micro_batches)
+    loss_sum = None
+    for inputs in micro_batches:
+        out = engine(**inputs)
+        engine.backward(out.loss)
+        engine.step()
+        loss = out.loss.detach().float()
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+    return loss_sum

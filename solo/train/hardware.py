@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
+from pathlib import Path
 
 import torch
 
@@ -26,3 +28,22 @@ def peak_tflops() -> float | None:
 
 def host_peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB on Linux
+
+
+def openmp_threads() -> int:
+    """The threads an OpenMP parallel region of this process uses: what DeepSpeed's CPU Adam and torch's CPU
+    kernels compute with. Each OpenMP runtime loaded (torch bundles its own libgomp; DeepSpeed's compiled ops link
+    the system's) read OMP_NUM_THREADS when it started; asked directly, the smallest answer is returned."""
+    runtimes = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if any(name in Path(path).name for name in ("libgomp", "libiomp", "libomp")):
+                runtimes.add(path)
+    answers = []
+    for path in sorted(runtimes):
+        try:
+            answers.append(ctypes.CDLL(path).omp_get_max_threads())
+        except (OSError, AttributeError):
+            continue
+    return min(answers) if answers else torch.get_num_threads()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from solo.errors import SoloError
+from solo.tokens.tokenizer import load
 from solo.train.config import TrainConfig
 
 
@@ -29,7 +30,19 @@ class TrainJob:
         index = Path(self.train_dir) / "index.json"
         if not index.is_file():
             raise SoloError(f"no training rows at {self.train_dir} (no index.json): run the tokenize stage first")
-        rows = json.loads(index.read_text())["rows"]
+        shards = json.loads(index.read_text())
+        rows = shards["rows"]
+        config = self.config
+        if self.init_model_dir is None and config.seq_len is not None and shards["seq_len"] != config.seq_len:
+            raise SoloError(f"this config is made for rows of {config.seq_len} tokens (seq_len) but the tokenize stage "
+                            f"made rows of {shards['seq_len']}: run it again with --set seq_len={config.seq_len} "
+                            f"(pipeline: tokenize.seq_len), or set seq_len: null to train on these")
+        if self.init_model_dir is None and config.vocab_size is not None and Path(self.tokenizer_dir).is_dir():
+            vocab = len(load(self.tokenizer_dir))
+            if vocab != config.vocab_size:
+                raise SoloError(f"this config is made for a tokenizer of {config.vocab_size:,} tokens (vocab_size) but "
+                                f"the run's has {vocab:,}: train one with --set vocab_size={config.vocab_size} "
+                                f"(pipeline: tokenizer.vocab_size), or set vocab_size: null to train with this one")
         per_step = self.config.workers * self.config.micro_batch
         if rows < per_step:
             raise SoloError(f"{rows} training rows cannot fill one step of {self.config.workers} workers × "

@@ -17,6 +17,7 @@ from solo.runtime import init_deepspeed_group, launched_rank, wait_for_all_ranks
 from solo.train.auto_strategy import resolve_auto_strategy
 from solo.train.checkpoints import FolderSink, RaySink, convert_for_worker_count
 from solo.train.config import TrainConfig
+from solo.train.fast_path import optimizer_threads
 from solo.train.hardware import use_cuda
 from solo.train.job import TrainJob
 from solo.train.loop import train_worker
@@ -85,12 +86,13 @@ def _trainer(job: TrainJob, restart: str | None) -> TorchTrainer:
     retried, from a mistake in the config or data, which is not; every attempt shares the run's name and
     storage, so each resumes from the checkpoints the ones before it committed."""
     config, cuda = job.config, use_cuda(job.config)
+    cores = optimizer_threads(config, node_cores(cuda))
     return TorchTrainer(
         _ray_worker_entry,
         train_loop_config={"job": job, "restart": restart},
         torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=cuda,
-                                               resources_per_worker={"CPU": 1, **({"GPU": 1} if cuda else {})}),
+                                               resources_per_worker={"CPU": cores, **({"GPU": 1} if cuda else {})}),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
             storage_path=str(Path(job.output_dir) / "ray"),
@@ -98,6 +100,14 @@ def _trainer(job: TrainJob, restart: str | None) -> TorchTrainer:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
         ),
     )
+
+
+def node_cores(cuda: bool) -> int:
+    """The CPUs of the smallest node that can host a worker (one with a GPU, for a GPU run): a worker whose
+    optimizer runs on the host is given its share of them (Ray then sets its OMP_NUM_THREADS to match)."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    cores = [int(r.get("CPU", 0)) for r in nodes if not cuda or r.get("GPU", 0) >= 1]
+    return max(1, min(cores, default=os.cpu_count() or 1))
 
 
 def _crash_summary(failed: TrainingFailedError) -> str:
@@ -109,5 +119,6 @@ def _crash_summary(failed: TrainingFailedError) -> str:
 
 
 def _summary(output: Path, last: dict) -> dict:
-    keep = ("loss", "val_loss", "val_bpb", "tokens_per_s", "tflops", "mfu", "gpu_peak_gb", "host_peak_gb", "step")
+    keep = ("loss", "val_loss", "val_bpb", "tokens_per_s", "tflops", "mfu", "gpu_peak_gb", "host_peak_gb", "step",
+            "optimizer_threads")
     return {k: last[k] for k in keep if k in last}

@@ -22,10 +22,11 @@ from solo.store import Restart, read_manifest, write_manifest
 from solo.tokens.shards import LoaderState, ShardLoader, TokenShards
 from solo.train import presets
 from solo.train.auto_strategy import resolve_auto_strategy
+from solo.train.batches import StepBatches, model_inputs
 from solo.train.checkpoints import UNIVERSAL, CheckpointSink, check_resumable, resumes_universal
 from solo.train.config import TrainConfig
-from solo.train.engines import deepspeed_grad_clip, make_engine
-from solo.train.hardware import host_peak_gb, peak_tflops, use_cuda
+from solo.train.engines import deepspeed_grad_clip, make_engine, train_step
+from solo.train.hardware import host_peak_gb, openmp_threads, peak_tflops, use_cuda
 from solo.train.job import TrainJob
 from solo.train.metrics import MetricsLog
 from solo.train.save import save_model
@@ -63,7 +64,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
     for problem in restored.skipped if restored is not None else ():
         if rank == 0:
             print(f"warning: the checkpoint {problem}: resuming from an older one", flush=True)
-    engine, optimizer, accumulation, _zero3_alive = make_engine(job, workers, device, load_universal=universal)
+    engine, optimizer, accumulation, switches, _zero3_alive = make_engine(job, workers, device,
+                                                                          load_universal=universal)
     trainable = [p for p in engine.module.parameters() if p.requires_grad]
 
     # Each group's peak rate: Muon's matrices have their own (DeepSpeed tags the groups `use_muon`).
@@ -89,12 +91,15 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
         _record_restart(output, step, f"{restart}; {outcome}" if restart else outcome)
 
     train = ShardLoader(TokenShards(Path(job.train_dir)), rank, workers, config.micro_batch, config.seed, state)
-    batches = train.indices()
+    steps = StepBatches(train, accumulation, device, switches.prefetch)
     val = TokenShards(Path(job.val_dir)) if job.val_dir and (Path(job.val_dir) / "index.json").exists() else None
     seq_len = train.shards.seq_len
     flops_per_token = presets.flops_per_token(engine.module.config, seq_len)
     device_tflops = peak_tflops()  # for MFU; None where unknown (a CPU)
     log = MetricsLog(output, enabled=rank == 0)
+    # The cores this worker's OpenMP (DeepSpeed's CPU Adam, torch's CPU kernels) computes on: Ray sets
+    # OMP_NUM_THREADS to the CPUs the worker was given (solo.train.fast_path.optimizer_threads).
+    optimizer_threads = openmp_threads()
     if rank == 0:
         params = presets.parameter_count(engine.module.config)
         if config.trains_adapters():
@@ -111,6 +116,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
                      "Muon's orthogonalized updates at ZeRO 1-2, not gradients")
         print(f"{what}; {flops_per_token / 1e6:.1f} MFLOPs/token; {workers} workers × micro-batch "
               f"{config.micro_batch} × {accumulation} accumulation = {config.global_batch} sequences/step; "
+              f"{switches.label()}; {optimizer_threads} optimizer thread{'s' if optimizer_threads > 1 else ''}; "
               f"engine ready in {time.time() - setup_started:.1f} s", flush=True)
 
     metrics: dict = {}
@@ -132,12 +138,8 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
         lr_scale = lr_factor(step, budget.progress(step, spent), config.optim)
         for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
             group["lr"] = peak_lr * lr_scale
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(accumulation):
-            out = engine(**model_inputs(train.shards, next(batches), device))
-            engine.backward(out.loss)
-            engine.step()
-            loss_sum += out.loss.detach().float()
+        batch = steps.next()
+        loss_sum = train_step(engine, batch.micro_batches)
         step += 1
         window_steps += 1
         # Workers' clocks differ, so rank 0 alone reads the time: the seconds spent, and whether a time-based
@@ -146,10 +148,11 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
         own_spent = spent_s() if rank == 0 else 0.0
         save_vote = float(rank == 0 and (budget.done(step, own_spent)
                                          or checkpoint_due(step, config, (time.time() - last_save) / 60)))
-        reduced = torch.stack([loss_sum / accumulation, torch.tensor(save_vote, device=device),
-                               torch.tensor(own_spent, device=device)])
+        reduced = torch.cat([(loss_sum / accumulation).reshape(1), torch.tensor([save_vote, own_spent], device=device)])
         dist.all_reduce(reduced)
-        loss, save_now, spent = reduced[0].item() / workers, reduced[1].item() > 0.5, reduced[2].item()
+        # The step's one wait on the device: everything above is queued, this reads it back.
+        loss, save_now, spent = reduced.tolist()
+        loss, save_now = loss / workers, save_now > 0.5
         last = budget.done(step, spent)
 
         if step % config.log_every == 0 or last:
@@ -157,6 +160,7 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
             tokens_per_s = window_steps * tokens_per_step / elapsed
             eta = budget.eta_s(step, spent, (time.time() - started) / (step - first_step))
             metrics = {"step": step, "loss": round(loss, 4), "lr": config.optim.lr * lr_scale,
+                       "optimizer_threads": optimizer_threads,
                        "tokens_per_s": round(tokens_per_s, 1),
                        "tflops": round(tokens_per_s * flops_per_token / 1e12, 4),
                        "host_peak_gb": round(host_peak_gb(), 3), "eta_s": round(eta, 1),
@@ -176,13 +180,15 @@ def train_worker(job: TrainJob, sink: CheckpointSink, restart: str | None = None
 
         if save_now:
             last_save = time.time()
-            client_state = {"step": step, "loader": vars(train.state).copy(), "torch_rng": torch.get_rng_state(),
+            # The loader's state after this step's rows, not after the rows already read ahead for the next.
+            client_state = {"step": step, "loader": vars(batch.loader_state).copy(), "torch_rng": torch.get_rng_state(),
                             "spent_s": spent}
             sink.save(engine, step, client_state, metrics or {"step": step, "loss": loss},
                       exclude_frozen=config.trains_adapters())
         elif metrics.get("step") == step:
             sink.report(metrics)
 
+    steps.close()
     save_model(engine, job, rank)
     log.close()
     dist.barrier()
@@ -216,17 +222,3 @@ def validation_loss(engine, val, rank: int, workers: int, config: TrainConfig, d
     dist.all_reduce(total)
     engine.train()
     return total.item() / (batches * workers)
-
-
-def model_inputs(shards, indices, device) -> dict:
-    """The model's keyword arguments for these rows: position ids too where rows are packed
-    conversations (they are what keeps one conversation from attending to another; see solo.train.sft)."""
-    input_ids, labels = shards.rows(indices)
-    # No KV cache: with one, transformers skips its packed-sequence detection and the position
-    # restarts would no longer separate conversations (and training never reads a cache anyway).
-    inputs = {"input_ids": torch.from_numpy(input_ids).to(device), "labels": torch.from_numpy(labels).to(device),
-              "use_cache": False}
-    positions = shards.positions(indices)
-    if positions is not None:
-        inputs["position_ids"] = torch.from_numpy(positions).to(device)
-    return inputs

@@ -48,7 +48,7 @@ class MetricsLog:
         self.file.flush()
         if self.tensorboard is not None:
             for key, value in metrics.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key in FIELDS and key != "step" and isinstance(value, (int, float)):
                     self.tensorboard.add_scalar(key, value, metrics["step"])
 
     def close(self) -> None:

@@ -1,31 +1,52 @@
 """Will it fit, and how fast? Memory and tokens/s of every training strategy for a model on given hardware.
 
-`solo plan --preset 7b --gpu-mem 24 --host-mem 64` prints the table; `strategy: auto` in a training
-config asks `resolve_auto_strategy` for the fastest strategy that fits the machine it runs on.
+`solo plan --preset 7b --gpu-mem 24 --host-mem 64` prints the table, `solo plan --config FILE` plans what a
+training config would run with; `strategy: auto` in a training config takes the fastest strategy that fits the
+machine it runs on (both through solo.train.auto_strategy.plan_training).
 
 Model states (weights, gradients, Adam) come from DeepSpeed's own estimators where it has them
 (ZeRO-2 and ZeRO-3, CPU offload: `estimate_zero2_model_states_mem_needs`,
 `estimate_zero3_model_states_mem_needs`); stage 0, stage 1 without offload, NVMe offload, fp32 and
-the stream engine use our own formulas, each marked "own" below. Activations and DeepSpeed's gradient
-reduce bucket, which its estimators leave out, are always our own count. Speed is FLOPs per token
-(solo.train.presets.flops_per_token) over an assumed achievable fraction of the peak, slowed by what offload
-moves over PCIe, NVMe and between GPUs. Every figure that is an assumption is a named constant here with
-where it comes from; none is measured on a GPU yet.
+the stream engine use our own formulas, each marked "own" below. Activations (with the loss the loop computes:
+the whole micro-batch's logits, or one chunk's) and DeepSpeed's gradient reduce bucket, which its estimators
+leave out, are always our own count.
+
+Speed (solo.train.plan_speed; what is planned over: solo.train.plan_model) is FLOPs per token over an
+achievable fraction of the GPU's peak, plus what offload and streaming move over PCIe and NVMe and between GPUs,
+the fixed cost of each layer pass or ZeRO-3 parameter fetch, and CPU Adam. The offload and streaming constants
+are fitted to the H200 rows of benchmarks/results/stream_vs_zero3.json (tests/unit/test_plan_config.py holds
+every row to ±30% and the engines to their measured order); the GPU's MFU without offload is an assumption from
+published figures, not measured here. The stream engine is planned as it is built now (each weight moved twice
+a step in bf16, gradients back once: `StreamTraffic.once_per_step`), a prediction until a GPU run measures it;
+the rows it is fitted to ran the engine before that (`StreamTraffic.per_micro_batch`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from solo.errors import SoloError
 from solo.train.engines import REDUCE_BUCKET_ELEMENTS
-from solo.train.hardware import PEAK_TFLOPS
-from solo.train.presets import PRESETS, flops_per_token, llama_config, parameter_count
+from solo.train.plan_model import (
+    DEFAULT_GPU,
+    EAGER,
+    HOST_CORES,
+    PCIE_GBPS,
+    Hardware,
+    Kernels,
+    ModelShape,
+    Strategy,
+    StreamTraffic,
+    element_bytes,
+)
+from solo.train.plan_speed import OPTIMIZER_STATE_BYTES, step_seconds
 from solo.train.stream import host_bytes_per_parameter
+from solo.train.stream_transfers import pinned_blocks
 
-if TYPE_CHECKING:
-    from transformers import LlamaConfig
+# What the planner plans over (solo.train.plan_model), named here too: `planner.Hardware`, `planner.Strategy`, ...
+__all__ = ["DEFAULT_GPU", "EAGER", "HOST_CORES", "PCIE_GBPS", "Hardware", "Kernels", "ModelShape", "Strategy",
+           "StreamTraffic", "element_bytes", "Estimate", "Plan", "plan", "estimate", "strategies"]
 
 
 GB = 1024**3  # GiB, as torch reports device memory and the training loop its peaks (host_peak_gb)
@@ -38,123 +59,19 @@ WORKER_BASELINE_GB = 0.63  # a Ray Train worker's RSS without a real model (Pyth
 #                            DeepSpeed and its CPU Adam op, TensorBoard, Ray, a first forward and backward): 0.625 GB
 #                            measured by benchmarks/planner_vs_measured.py's probe
 DEEPSPEED_BUFFER_FACTOR = 1.5  # DeepSpeed's estimators' additional_buffer_factor default, on our formulas too
-GPU_MFU = 0.35  # achievable model-FLOPs utilization of stock transformers Llama + DeepSpeed, bf16, nothing offloaded:
-#                 below nanochat's 41–46% on H100 (the figure issue 5 quotes) since no kernel is fused; an assumption
-#                 until the issue's GPU benchmark measures it
-ZERO3_EFFICIENCY = 0.91  # ZeRO-3's gathers and releases per layer: it ran at 0.92 and 0.91 of ZeRO-0's tokens/s
-#                          on 1 and 2 CPU workers (benchmarks/results/train_overhead.md), our only measure of its cost
-RECOMPUTE_FACTOR = 4 / 3  # activation checkpointing runs each forward twice: forward is 2 of training's 6 FLOPs/param
-PCIE_GBPS = 25.0  # host↔device GB/s: PCIe 4.0 x16 is 31.5 GB/s a direction nominal; pinned copies reach about 80%
-NVME_GBPS = 3.0  # one PCIe 4.0 NVMe drive through DeepSpeed's aio: spec sheets say 5–7 GB/s sequential; mixed
-#                  reads and writes of 1 MiB blocks (solo.train.loop.NVME_AIO) sustain about half. An assumption
-DEEPSPEED_OVERLAP = 0.5  # share of compute time under which DeepSpeed hides its offload transfers (prefetch,
-#                          overlap_comm); issue 9: ZeRO-3 offload "spends much of its time waiting", MegaTrain is
-#                          1.84× faster at 14B. An assumption
-CPU_ADAM_PARAMS_PER_S_PER_CORE = 3.5e8  # DeepSpeedCPUAdam, fp32, one OpenMP thread: 349M params/s measured on this
-#                                         project's 2-core CI machine (AMD EPYC, AVX2), 50M parameters
-HOST_CORES = 8  # cores running CPU Adam on a GPU machine when not told (a home desktop); `--host-cores` sets it
-HOST_COPY_GBPS = 10.0  # host memory copies by one core (offload "transfers" when the device is the host, gloo on one
-#                        machine): DDR4 sustains 10–20 GB/s single-threaded; the low end, an assumption
-CPU_TFLOPS_PER_CORE = 0.034  # fp32 training TFLOP/s of a one-core CPU worker: the demo preset at ZeRO-0 on 2
-#                              workers, 4,110 tokens/s × 16.5 MFLOPs/token over 2 cores (results/train_overhead.md)
-DEFAULT_GPU = "RTX 4090"
+LOSS_CHUNK_COPIES = 3  # fp32-sized copies of one chunk's logits the chunked cross-entropy holds at once
+#                        (solo.train.loss: bf16 logits, their fp32 upcast, the softmax turned gradient, its bf16 cast)
 # Host buffers DeepSpeed swaps NVMe tensors through, at its defaults (deepspeed/runtime/zero/offload_config.py and
 # zero/config.py): optimizer, buffer_count 4 buffers of a sub-group (sub_group_size 1e9 elements) in fp32;
 # parameters, buffer_count 5 buffers, each of the largest weight's partition (solo.train.loop.param_swap_buffer_elements
 # sets buffer_size so).
 NVME_OPTIMIZER_BUFFERS, NVME_SUB_GROUP_ELEMENTS = 4, 1e9
 NVME_PARAM_BUFFERS = 5
-OPTIMIZER_STATE_BYTES = 12  # fp32 master weight, Adam's m and v (the ZeRO paper's K = 12): what NVMe offload moves
 # ZeRO-3 reduce-scatters its gradient bucket through DeepSpeed's reduce_scatter_coalesced
 # (deepspeed/runtime/comm/coalesced_collectives.py), which first torch.cat's the bucket into a new buffer; gloo's
 # reduce_scatter_tensor copies that once more (a 0.25 GiB input raised the peak RSS by 0.25 GiB), NCCL's does not.
 # ZeRO-1 and 2 reduce the bucket's slices in place (stage_1_and_2.py `average_tensor`; gloo's all_reduce: no copy).
 ZERO3_REDUCE_COPIES_GPU, ZERO3_REDUCE_COPIES_CPU = 1, 2
-
-
-@dataclass(frozen=True)
-class Hardware:
-    gpu_mem_gb: float | None  # None: no GPU, the workers train on host cores
-    host_mem_gb: float
-    nvme_gb: float | None = None
-    gpus: int = 1  # GPUs on the machine (one worker each); without a GPU, worker processes of one core each
-    gpu: str = DEFAULT_GPU  # a key of solo.train.loop.PEAK_TFLOPS
-    pcie_gbps: float = PCIE_GBPS
-    host_cores: int = HOST_CORES
-
-    def check(self) -> None:
-        for name, value in (("GPU memory", self.gpu_mem_gb), ("host memory", self.host_mem_gb),
-                            ("NVMe space", self.nvme_gb), ("PCIe bandwidth", self.pcie_gbps)):
-            if value is not None and not value > 0:
-                raise SoloError(f"{name} must be a positive number of GB, not {value:g}")
-        if self.gpus < 1 or self.host_cores < 1:
-            raise SoloError(f"GPUs (or CPU workers) and host cores must be at least 1, not {self.gpus} and "
-                            f"{self.host_cores}")
-        if self.gpu_mem_gb is not None and self.gpu not in PEAK_TFLOPS:
-            raise SoloError(f"unknown GPU {self.gpu!r}: one of {', '.join(PEAK_TFLOPS)}")
-
-
-@dataclass(frozen=True)
-class Strategy:
-    engine: str  # deepspeed | stream
-    zero_stage: int
-    offload_optimizer: str
-    offload_params: str
-    activation_checkpointing: bool
-    precision: str
-
-    def label(self) -> str:
-        if self.engine == "stream":
-            return f"stream (layers from host) · {self.precision}"
-        parts = [f"ZeRO-{self.zero_stage}"]
-        if self.offload_optimizer != "none":
-            parts.append(f"optimizer→{self.offload_optimizer}")
-        if self.offload_params != "none":
-            parts.append(f"params→{self.offload_params}")
-        if self.activation_checkpointing:
-            parts.append("ckpt")
-        return " · ".join(parts + [self.precision])
-
-    def offloads(self) -> int:
-        return (self.offload_optimizer != "none") + (self.offload_params != "none")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    name: str
-    parameters: int
-    flops_per_token: float
-    vocab: int
-    hidden: int
-    kv_dim: int
-    intermediate: int
-    layers: int
-    largest_module: int  # DeepSpeed's largest_layer_params: the most parameters one module holds itself
-    largest_unit: int  # the stream engine's largest unit: the embedding (tied head) or a decoder layer
-    tied_embeddings: bool
-
-    @classmethod
-    def of(cls, name: str, config: LlamaConfig, seq_len: int) -> ModelShape:
-        h, v, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
-        params = parameter_count(config)
-        per_layer = (params - v * h * (1 if config.tie_word_embeddings else 2) - h) // layers
-        return cls(name, params, flops_per_token(config, seq_len), v, h,
-                   config.num_key_value_heads * (h // config.num_attention_heads), config.intermediate_size, layers,
-                   largest_module=max(v * h, h * config.intermediate_size), largest_unit=max(v * h + h, per_layer),
-                   tied_embeddings=config.tie_word_embeddings)
-
-    def tensor_sizes(self) -> list[int]:
-        """Each parameter tensor's elements, as transformers' Llama holds them: the embedding; per layer
-        q, k, v, o, gate, up, down and two norms; the final norm; the head unless tied."""
-        h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        layer = [h * h, kv * h, kv * h, h * h, i * h, i * h, h * i, h, h]
-        return [self.vocab * h, *layer * self.layers, h, *([] if self.tied_embeddings else [self.vocab * h])]
-
-    @classmethod
-    def preset(cls, preset: str, vocab: int, seq_len: int) -> ModelShape:
-        if preset not in PRESETS:
-            raise SoloError(f"unknown preset {preset!r}: one of {', '.join(PRESETS)}")
-        return cls.of(preset, llama_config(preset, vocab_size=vocab, seq_len=seq_len), seq_len)
 
 
 @dataclass(frozen=True)
@@ -165,6 +82,7 @@ class Estimate:
     nvme_gb: float
     tokens_per_s: float
     short_of: str  # "" when it fits, else which memory is short
+    kernels: Kernels = EAGER  # how the loop computes with this strategy
 
     @property
     def fits(self) -> bool:
@@ -207,21 +125,29 @@ def strategies(hardware: Hardware) -> list[Strategy]:
 # ---------------------------------------------------------------- memory
 
 
-def activation_bytes(model: ModelShape, seq_len: int, micro_batch: int, checkpointing: bool, element: int) -> float:
+def activation_bytes(model: ModelShape, seq_len: int, micro_batch: int, checkpointing: bool, element: int,
+                     kernels: Kernels = EAGER) -> float:
     """Own formula. What transformers' LlamaDecoderLayer keeps for backward, per token, in elements of the
     activation dtype: two RMSNorms (each its fp32-upcast input, two elements under bf16, and its output: 3h, or
     2h in fp32), the attention input (h), RoPE'd q and k and v kept by SDPA (h + 2·kv), the attention output (h),
     the MLP input (h) and gate, up, silu(gate) and their product (4·i): 10h + 2·kv + 4·i under bf16. SDPA /
     flash attention keeps no T×T scores. Checkpointing keeps each layer's input (h) and recomputes one layer at
-    a time. Either way one layer's activation gradients are alive in backward, and the logits: in the activation
-    dtype, an fp32 copy for the loss under bf16, and the fp32 log-softmax cross-entropy saves."""
+    a time. Either way one layer's activation gradients are alive in backward, and the loss's: with the plain
+    loss the whole micro-batch's logits, in the activation dtype, an fp32 copy for the loss under bf16, and the
+    fp32 log-softmax cross-entropy saves; chunked or fused (solo.train.loss), one chunk's logits (LOSS_CHUNK_COPIES
+    fp32 copies) and the gradients it computes in the same pass, of the head's input (fp32, every token) and of its
+    weight (fp32)."""
     h, kv, i = model.hidden, model.kv_dim, model.intermediate
     norms = 2 * h * (4 // element + 1)
     per_layer = norms + 4 * h + 2 * kv + 4 * i
     kept = model.layers * h + per_layer if checkpointing else model.layers * per_layer
-    logits = model.vocab * (element + (4 if element < 4 else 0) + 4)
     tokens = seq_len * micro_batch
-    return tokens * ((kept + per_layer) * element + logits)
+    if kernels.loss == "plain":
+        loss = tokens * model.vocab * (element + (4 if element < 4 else 0) + 4)
+    else:
+        chunk = min(kernels.loss_chunk_tokens, tokens)
+        loss = LOSS_CHUNK_COPIES * chunk * model.vocab * 4 + 4 * (tokens + model.vocab) * model.hidden
+    return tokens * (kept + per_layer) * element + loss
 
 
 def model_state_bytes(s: Strategy, model: ModelShape, workers: int) -> tuple[float, float, float]:
@@ -294,21 +220,44 @@ def reduce_bucket_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> float:
     return min(REDUCE_BUCKET_ELEMENTS, model.parameters) * 4 * (1 + copies)
 
 
-def stream_state_bytes(s: Strategy, model: ModelShape, on_gpu: bool) -> tuple[float, float]:
-    """Own, from solo/train/stream.py's design (issue 9): (device, host). Host: its bytes per parameter (fp32 weights,
-    gradients, Adam's m and v) and two staging slots of the largest unit, the weights and slots pinned on a
-    GPU; device: two fp32 slots of the largest unit, its compute-dtype cast and one unit's gradients."""
-    element = 2 if s.precision == "bf16" else 4
+def stream_state_bytes(s: Strategy, model: ModelShape, on_gpu: bool, traffic: StreamTraffic) -> tuple[float, float]:
+    """Own, from solo/train/stream.py's design: (device, host), activations aside. Host: its bytes per parameter
+    (fp32 weights, gradients, Adam's m and v), pinned on a GPU in the power-of-two blocks PyTorch's caching host
+    allocator takes (ATen/core/CachingHostAllocator.h), and two gradient staging slots of the largest unit.
+    As built (`traffic.step_wide`): the units' fp32 masters, and their compute-dtype copies (2 more bytes a
+    parameter under bf16), cut from a few power-of-two pinned blocks (solo.train.stream_transfers.pinned_blocks),
+    and two fp32 gradient staging slots of the largest unit, each its own block; on the device two compute-dtype
+    slots of a layer, the embedding, final norm and head resident (weights in the compute dtype, fp32 gradients)
+    and a layer's gradients summed over the step's micro-batches in fp32, sent back so. As the H200 rows ran
+    (per micro-batch): each weight tensor
+    pinned alone, and on the device two fp32 slots of the largest unit, its compute-dtype cast and one unit's
+    gradients (then 40.7 GB planned for 2.7b where the run measured 42.0: benchmarks/results/stream_vs_zero3.md)."""
+    element = element_bytes(s.precision)
+    host = host_bytes_per_parameter() * model.parameters
+    if traffic.step_wide:
+        layer = model.layer_parameters // model.layers
+        ends = model.parameters - model.layer_parameters
+        units = [ends] + [layer] * model.layers
+        masters = [4 * n for n in units]
+        packs = [element * n for n in units] if element < 4 else []
+        host += sum(packs)
+        device = 2 * element * layer + (element + 4) * ends + (4 + element) * layer
+        if on_gpu:
+            staging = 4 * model.largest_unit
+            host += 2 * pinned_block(staging) + sum(block_loss(sizes) for sizes in (masters, packs) if sizes)
+        return device, host
     slot = model.largest_unit * element
-    host = host_bytes_per_parameter() * model.parameters + 2 * slot
-    if on_gpu:
-        # PyTorch's caching host allocator rounds each pinned block up to a power of two
-        # (ATen/core/CachingHostAllocator.h): 3.0 bytes per parameter more at 2.7b, 1.4 at 1.3b. With it
-        # the plan is 40.7 GB for 2.7b where an H200 run measured 42.0 (benchmarks/results/stream_vs_zero3.md).
-        pinned = [4 * n for n in model.tensor_sizes()] + [slot, slot]
-        host += sum(pinned_block(size) - size for size in pinned)
+    host += 2 * slot
+    pinned = [4 * n for n in model.tensor_sizes()] + [slot, slot]
     device = model.largest_unit * (2 * 4 + element + element)
+    if on_gpu:
+        host += sum(pinned_block(size) - size for size in pinned)
     return device, host
+
+
+def block_loss(sizes: list[int]) -> int:
+    """Bytes lost at the ends of the pinned blocks the stream engine cuts buffers of these sizes from."""
+    return sum(block for block, _ in pinned_blocks(sizes)) - sum(sizes)
 
 
 def pinned_block(size: int) -> int:
@@ -316,70 +265,33 @@ def pinned_block(size: int) -> int:
     return 1 << (size - 1).bit_length()
 
 
-# ---------------------------------------------------------------- speed
-
-
-def step_seconds(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_batch: int,
-                 accumulation: int) -> float:
-    """One optimizer step of one worker: compute, plus the transfers it cannot hide, plus CPU Adam."""
-    p, n = model.parameters, hw.gpus
-    on_gpu = hw.gpu_mem_gb is not None
-    element = 2 if s.precision == "bf16" else 4
-    flops = micro_batch * seq_len * accumulation * model.flops_per_token
-    flops *= RECOMPUTE_FACTOR if s.activation_checkpointing else 1
-    rate = PEAK_TFLOPS[hw.gpu] * 1e12 * GPU_MFU if on_gpu else CPU_TFLOPS_PER_CORE * 1e12
-    compute = flops / (rate * (ZERO3_EFFICIENCY if s.engine == "deepspeed" and s.zero_stage == 3 else 1))
-    link = hw.pcie_gbps * 1e9 if on_gpu else HOST_COPY_GBPS * 1e9  # without a GPU, "offload" copies host memory
-    adam_cores = hw.host_cores if on_gpu else 1  # one core per CPU worker
-
-    if s.engine == "stream":
-        # solo/train/stream.py: per micro-batch every unit's fp32 weights come in for forward and again for backward,
-        # its gradients go out in the compute dtype. CPU Adam then updates every parameter a unit at a time,
-        # beside the next step's first forward, which takes each unit once it is updated (OverlappedAdam): it
-        # hides at most that forward, a quarter of a micro-batch's passes (forward, recompute, backward).
-        link_bytes = accumulation * p * (2 * 4 + element)
-        adam = p / (CPU_ADAM_PARAMS_PER_S_PER_CORE * adam_cores)
-        passes = max(compute, link_bytes / link)
-        return passes + adam - min(adam, passes / accumulation / 4)
-
-    passes = 3 if s.activation_checkpointing else 2  # a ZeRO-3 layer is gathered for forward, backward (and recompute)
-    link_bytes = nvme_bytes = peer_bytes = 0.0
-    if s.offload_params != "none":
-        link_bytes += accumulation * passes * element * p / n
-    if s.offload_optimizer != "none":
-        # DeepSpeed moves the gradient partition to the host at the accumulation boundary, and the updated
-        # 16-bit weights back unless they live on the host.
-        link_bytes += element * p / n * (1 if s.offload_params != "none" else 2)
-    if s.offload_optimizer == "nvme":
-        nvme_bytes += 2 * OPTIMIZER_STATE_BYTES * p / n  # read and write master weights and moments
-    if s.offload_params == "nvme":
-        nvme_bytes += (accumulation * passes + 1) * element * p / n
-    if n > 1:
-        # Between workers, (n-1)/n of each collective's bytes per worker over PCIe (no NVLink on home GPUs):
-        # ZeRO-3 gathers weights each pass and reduce-scatters gradients each micro-batch; below stage 3 the
-        # gradients are reduced (and, at stage 1-2, the updated weights gathered) once per step.
-        volume = accumulation * (passes + 1) if s.zero_stage == 3 else 2
-        peer_bytes = volume * element * p * (n - 1) / n
-    transfer = (link_bytes + peer_bytes) / link + nvme_bytes * n / (NVME_GBPS * 1e9)  # one drive for all workers
-    hidden = min(transfer, (DEEPSPEED_OVERLAP if on_gpu else 0.0) * compute)
-    adam = 0.0
-    if s.offload_optimizer != "none" or not on_gpu:
-        shard = p / n if s.zero_stage >= 1 else p
-        adam = shard * (n if on_gpu else 1) / (CPU_ADAM_PARAMS_PER_S_PER_CORE * adam_cores)
-    return compute + transfer - hidden + adam
-
-
 # ---------------------------------------------------------------- the plan
 
 
-def estimate(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_batch: int,
-             accumulation: int) -> Estimate:
+def estimate(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_batch: int, accumulation: int,
+             kernels: Kernels = EAGER, traffic: StreamTraffic | None = None) -> Estimate:
+    """Memory and speed of one strategy. `kernels`: how the loop computes with it; `traffic`: the stream engine's
+    (default: as built, `StreamTraffic.once_per_step`)."""
+    traffic = traffic or StreamTraffic.once_per_step()
     n, on_gpu = hw.gpus, hw.gpu_mem_gb is not None
-    element = 2 if s.precision == "bf16" else 4
-    activations = activation_bytes(model, seq_len, micro_batch, s.activation_checkpointing, element)
-    nvme = 0.0
+    element = element_bytes(s.precision)
+    activations = activation_bytes(model, seq_len, micro_batch, s.activation_checkpointing, element, kernels)
+    nvme = host_boundaries = 0.0
     if s.engine == "stream":
-        device, host = stream_state_bytes(s, model, on_gpu)
+        device, host = stream_state_bytes(s, model, on_gpu, traffic)
+        if traffic.step_wide:
+            # Every micro-batch's input to every layer is kept for backward (activation_bytes counted one
+            # micro-batch's), and backward holds the gradients at one boundary for every micro-batch. The engine
+            # keeps the boundaries on the GPU up to half of what is free there, the rest in pinned host memory
+            # (solo.train.stream_activations): copied out and back once a step.
+            boundary = seq_len * micro_batch * model.hidden * element
+            boundaries = accumulation * model.layers * boundary
+            activations += accumulation * boundary - model.layers * boundary
+            free = hw.gpu_mem_gb * GB * (1 - MEMORY_MARGIN) - CUDA_CONTEXT_GB * GB - device - activations
+            on_device = min(boundaries, max(free, 0.0) / 2)
+            activations += on_device
+            host_boundaries = boundaries - on_device
+            host += host_boundaries
     else:
         device, host, nvme = model_state_bytes(s, model, n)
     per_worker = device + activations + reduce_bucket_bytes(s, model, on_gpu)
@@ -396,20 +308,24 @@ def estimate(s: Strategy, model: ModelShape, hw: Hardware, seq_len: int, micro_b
         short.append("host")
     if nvme and (hw.nvme_gb is None or nvme / GB > hw.nvme_gb * (1 - MEMORY_MARGIN)):
         short.append("NVMe")
-    tokens = n * micro_batch * seq_len * accumulation / step_seconds(s, model, hw, seq_len, micro_batch, accumulation)
-    return Estimate(s, gpu_gb, host_gb, nvme / GB, tokens, ", ".join(short))
+    seconds = step_seconds(s, model, hw, seq_len, micro_batch, accumulation, kernels, traffic, host_boundaries)
+    return Estimate(s, gpu_gb, host_gb, nvme / GB, n * micro_batch * seq_len * accumulation / seconds,
+                    ", ".join(short), kernels)
 
 
 def plan(model: ModelShape, hardware: Hardware, seq_len: int, micro_batch: int = 1, accumulation: int = 1,
-         allowed=lambda strategy: True) -> Plan:
+         allowed: Callable[[Strategy], bool] = lambda strategy: True,
+         kernels: Callable[[Strategy], Kernels] = lambda strategy: EAGER, traffic: StreamTraffic | None = None,
+         ) -> Plan:
     """Every strategy's estimate, fastest first among those that fit; the pick is the fastest that fits and
-    `allowed` accepts (ties go to the one that offloads less)."""
+    `allowed` accepts (ties go to the one that offloads less). `kernels`: how the loop computes with a strategy
+    (compile and the loss: solo.train.fast_path.resolve_switches)."""
     hardware.check()
     if micro_batch < 1 or accumulation < 1 or seq_len < 1:
         raise SoloError(f"micro-batch, accumulation and seq_len must be at least 1, not {micro_batch}, "
                         f"{accumulation} and {seq_len}")
-    rows = [estimate(s, model, hardware, seq_len, micro_batch, accumulation) for s in strategies(hardware)]
+    rows = [estimate(s, model, hardware, seq_len, micro_batch, accumulation, kernels(s), traffic)
+            for s in strategies(hardware)]
     rows.sort(key=lambda e: (not e.fits, -round(e.tokens_per_s, 6), e.strategy.offloads()))
     pick = next((e for e in rows if e.fits and allowed(e.strategy)), None)
     return Plan(model, hardware, seq_len, micro_batch, accumulation, rows, pick)
-

@@ -30,6 +30,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def padded_vocab(vocab: int, multiple: int) -> int:
+    """The embedding's rows for a tokenizer of `vocab` tokens: rounded up to a multiple of `multiple`, so the
+    head's matmul has shapes the GPU's tensor cores take whole (nanoGPT's 50257 → 50304). The rows past the
+    vocabulary are never a target; the saved model drops them (solo.train.save)."""
+    return -(-vocab // multiple) * multiple
+
+
 def llama_config(preset: str, vocab_size: int, seq_len: int,
                  eos_token_id: int | list[int] | None = None) -> LlamaConfig:
     p = PRESETS[preset]

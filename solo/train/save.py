@@ -26,8 +26,30 @@ def save_model(engine, job: TrainJob, rank: int) -> None:
     if rank != 0:
         return
     target = Path(job.output_dir) / "model"
-    engine.module.save_pretrained(str(target), state_dict=state_dict, safe_serialization=True)
+    model = engine.module
+    vocab = len(load(job.tokenizer_dir))
+    trained_vocab = model.config.vocab_size
+    if job.init_model_dir is None and trained_vocab > vocab:
+        # The embedding was padded to `vocab_multiple` rows for speed (solo.train.presets.padded_vocab): what is
+        # saved, and so exported, served and evaluated, has the tokenizer's vocabulary exactly.
+        state_dict = unpadded(state_dict, vocab)
+        model.config.vocab_size = vocab
+    try:
+        model.save_pretrained(str(target), state_dict=state_dict, safe_serialization=True)
+    finally:
+        model.config.vocab_size = trained_vocab
     save_tokenizer(job, target)
+
+
+def unpadded(state_dict: dict, vocab: int) -> dict:
+    """The state dict with the embedding's (and an untied head's) rows past `vocab` dropped; a tied head stays
+    the embedding's very tensor, so it is saved once."""
+    embedding = state_dict["model.embed_tokens.weight"]
+    cut = {**state_dict, "model.embed_tokens.weight": embedding[:vocab].clone()}
+    if "lm_head.weight" in state_dict:
+        head = state_dict["lm_head.weight"]
+        cut["lm_head.weight"] = cut["model.embed_tokens.weight"] if head is embedding else head[:vocab].clone()
+    return cut
 
 
 def save_tokenizer(job: TrainJob, target: Path) -> None:

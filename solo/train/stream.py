@@ -1,29 +1,38 @@
 """The layer-streaming training engine (`engine: stream`): host memory holds the model, the device is a scratchpad.
 
-The fp32 master weights, their gradients and Adam's two moments live in host memory: 16 bytes per
-parameter, and on CUDA the weights are pinned (so copies are asynchronous) in the power-of-two
-blocks PyTorch's host allocator hands out, 1–3 bytes per parameter more. A step walks the model a
-unit at a time (the embedding, each decoder layer, then the final norm with the tied head): the unit's weights
-are copied to the device on a copy-in stream into one of two slots while the previous unit computes
-in the other (double buffering), and the slot is reused once that unit is done. Forward keeps only
-the activations at layer boundaries; the head's backward runs as soon as its loss exists, so the
-logits never outlive forward. Backward walks the layers in reverse, recomputing each layer's
-forward from its boundary activation, and copies that layer's gradients back to host on a third
-stream, where they are added into the fp32 gradients. At the end of a global batch the host
-gradients are averaged over data-parallel workers (gloo, on host memory) and their global norm sets
-the clipping; then DeepSpeed's CPU Adam (AdamW) steps the master weights a unit at a time, in forward
-order, on a background thread (`OverlappedAdam`), and `step()` returns at once: the next step's
-forward fetches each unit as soon as that unit is updated, so the device computes the first layers
-while the host still updates the last ones. Whatever reads the weights from outside (`module`,
-`eval()`, `save_checkpoint`, `load_checkpoint`) first waits for the step in flight, and an error on
-that thread is raised in the training thread. On the host (`device: cpu`) the "device" is host memory:
-the streams are torch.cpu's no-op stand-ins and nothing is copied (a unit's device copy is its master
-tensor, a gradient is added where it was computed), while the slots, events, double buffering and
-deferred gradient return run the same code as on a GPU.
+The fp32 master weights, their gradients and Adam's two moments live in host memory (16 bytes per parameter),
+and under bf16 a packed bf16 copy of the weights beside them (2 bytes more): one flat buffer per unit (the
+embedding, each decoder layer, the final norm with the tied head), pinned on CUDA so copies are asynchronous.
+The embedding, the final norm and the head stay on the device for the whole run in the compute dtype; the
+decoder layers travel, each in one contiguous copy of its packed weights, into one of two device slots on a
+copy-in stream while the layer before computes in the other (double buffering).
 
-`StreamEngine` is driven exactly like DeepSpeed's engine by `solo.train.loop.train_worker`:
-`engine(**inputs).loss`, `engine.backward(loss)`, `engine.step()` each micro-batch (accumulation
-inside), `engine.module`, `train()`/`eval()`, `save_checkpoint` and `load_checkpoint`.
+`train_step(micro_batches)` does a whole optimizer step, moving each layer's weights to the device twice, once
+for forward and once for backward, however many micro-batches the step accumulates:
+- Forward embeds every micro-batch, then walks the layers once, each layer running every micro-batch while its
+  weights are on the device, keeping each micro-batch's input to each layer (its boundary activation; on CUDA in
+  device memory up to a budget and beyond it in pinned host memory: solo.train.stream_activations).
+- The head runs per micro-batch, its loss (`solo.train.loss.linear_cross_entropy`, the kind `loop.loss`
+  resolves to) and its backward at once, so no logits outlive it; what it keeps is the gradient at its input.
+- Backward walks the layers in reverse once, each recomputing every micro-batch from its boundary activation
+  and back-propagating it, its gradients summed over the micro-batches on the device in fp32 and copied to host
+  once on a copy-out stream; a background thread adds them into the host fp32 gradients as each copy lands.
+  The embedding's, norm's and head's gradients sum on the device over the step and go to host once at its end.
+- Then the host gradients are averaged over data-parallel workers (gloo, on host memory) and their global norm
+  sets the clipping; DeepSpeed's CPU Adam (AdamW) steps the master weights a unit at a time, in forward order,
+  on a background thread (`OverlappedAdam`), which refreshes each unit's packed copy right after updating it,
+  and `train_step` returns at once: the next step's forward fetches each unit as soon as it is updated, so the
+  device computes the first layers while the host still updates the last ones.
+Where `loop.compile` is on (CUDA), one decoder layer's compute (a functional call with the layer's weights) is
+compiled once with torch.compile and serves every layer. Whatever reads the weights from outside (`module`,
+`eval()`, `save_checkpoint`, `load_checkpoint`) first waits for the step in flight, and an error on a background
+thread is raised in the training thread. On the host (`device: cpu`) the "device" is host memory: the streams are
+torch.cpu's no-op stand-ins and nothing is copied (a unit's device weights are its packed host buffer), while
+the slots, events, boundaries and gradient returns run the same code as on a GPU.
+
+`solo.train.loop.train_worker` calls `engine.train_step(micro_batches)` once a step (the micro-batches already
+on the device, as `model_inputs` builds them); `engine(**inputs)` evaluates without gradients a micro-batch at a
+time; `engine.module`, `train()`/`eval()`, `save_checkpoint`, `load_checkpoint` and `optimizer` are as DeepSpeed's.
 
 Checkpoints use DeepSpeed's layout: `latest` names the tag; `<tag>/mp_rank_00_model_states.pt` holds
 the consolidated fp32 weights under "module" with the loop's client state beside them (as a ZeRO-0
@@ -37,7 +46,8 @@ other way, a DeepSpeed run from a stream checkpoint, is refused (`solo.train.che
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,18 +59,23 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from solo.errors import SoloError
 from solo.train.config import TrainConfig
+from solo.train.fast_path import Switches
+from solo.train.loss import linear_cross_entropy
+from solo.train.stream_activations import Boundaries, device_budget_bytes
 from solo.train.stream_adam import OverlappedAdam
-from solo.train.stream_transfers import DeviceStreams, GradientReturn, Unit, WeightStream
+from solo.train.stream_transfers import DeviceStreams, GradientReturn, ResidentWeights, Unit, WeightStream, lay_out
 
 MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's file name for a checkpoint's whole module
 OPTIMIZER_STATES = "stream_optim_states.pt"  # what marks a stream checkpoint: Adam's moments, unsharded
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def host_bytes_per_parameter() -> int:
+def host_bytes_per_parameter(precision: str = "fp32") -> int:
     """Host memory the engine keeps per parameter: fp32 master weight, fp32 gradient, Adam's two fp32
-    moments. Per unit it adds two pinned staging slots for returning gradients (see StreamEngine)."""
-    return 4 + 4 + 4 + 4
+    moments, and under bf16 the packed bf16 copy the device receives. Besides: on CUDA two pinned fp32
+    staging slots of the largest unit for returning gradients, and the boundary activations that do not fit
+    the device (solo.train.stream_activations)."""
+    return 4 + 4 + 4 + 4 + (COMPUTE_DTYPES[precision].itemsize if precision != "fp32" else 0)
 
 
 def is_stream_checkpoint(tag_dir: Path) -> bool:
@@ -74,36 +89,38 @@ class _Head(nn.Module):
         super().__init__()
         self.norm, self.lm_head = norm, lm_head
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden))
+    def forward(self, hidden: torch.Tensor, project: bool = True) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden)) if project else self.norm(hidden)
 
 
 @dataclass
-class _Saved:
-    """What forward leaves for backward: boundary activations and the gradient at the head's input."""
+class _MicroBatch:
+    """One micro-batch's inputs and what every layer's forward needs besides the hidden states."""
 
     input_ids: torch.Tensor
-    mask: object
-    position_embeddings: tuple
+    labels: torch.Tensor | None
     position_ids: torch.Tensor
-    boundaries: list[torch.Tensor] = field(default_factory=list)
-    head_input_grad: torch.Tensor | None = None
+    mask: object = None
+    position_embeddings: tuple | None = None
 
 
 class StreamEngine:
-    """Trains a stock LlamaForCausalLM whose weights stay in host memory, streaming a unit at a time
-    through `device`. Host memory: `host_bytes_per_parameter()` per parameter, plus (on CUDA) two
-    pinned staging slots of the largest unit in the compute dtype; device memory: two fp32 slots of
-    the largest unit (plus its compute-dtype cast under bf16), one unit's gradients, the boundary
-    activations and one layer's recomputed activations (on a CPU those are in host memory, no slots)."""
+    """Trains a stock LlamaForCausalLM whose weights stay in host memory, streaming its decoder layers through
+    `device`. Host memory: `host_bytes_per_parameter(precision)` per parameter, plus (on CUDA) two pinned fp32
+    staging slots of the largest unit and the boundary activations beyond the device budget. Device memory: the
+    embedding, final norm and head in the compute dtype with their fp32 gradients, two slots of the largest
+    layer in the compute dtype, two fp32 gradient accumulators of it, the boundary activations up to the budget
+    (solo.train.stream_activations), each micro-batch's gradient at the current boundary, and one layer's
+    recomputed activations of one micro-batch (on a CPU all of it is host memory, without slots)."""
 
-    def __init__(self, model, config: TrainConfig, device: torch.device, accumulation: int):
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    def __init__(self, model, config: TrainConfig, device: torch.device, accumulation: int, switches: Switches):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # imported where used: DeepSpeed's import takes seconds
 
         if config.strategy.precision not in COMPUTE_DTYPES:
             raise SoloError(f"engine: stream computes in fp32 or bf16, not {config.strategy.precision}")
         # `module` (below) hands the model out once the optimizer step in flight is done; inside, `_model`.
         self._model, self.config, self.device, self.accumulation = model, config, device, accumulation
+        self.switches = switches
         self.training = True
         self.compute_dtype = COMPUTE_DTYPES[config.strategy.precision]
         self.streams = DeviceStreams(device)
@@ -114,35 +131,40 @@ class StreamEngine:
         if self.world > 1 and dist.get_backend() != "gloo":
             self.host_group = dist.new_group(backend="gloo")
 
-        self.params = list(model.parameters())  # each tied weight once
-        with torch.no_grad():
-            for param in self.params:
-                param.data = self.streams.pinned(param.data.float())
-                param.requires_grad_(False)  # gradients come from the device copies, not through autograd here
-                if self.world > 1:
-                    dist.broadcast(param.data, src=0, group=self.host_group)
-        self.grads = torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float32)
-        offset = 0
-        for param in self.params:
-            param.grad = self.grads[offset:offset + param.numel()].view(param.shape)
-            offset += param.numel()
-
         llama = model.model
         self.embedding = Unit.of(llama.embed_tokens)
         self.layers = [Unit.of(layer) for layer in llama.layers[:model.config.num_hidden_layers]]
         self.head = Unit.of(_Head(llama.norm, model.lm_head))
         self.units = [self.embedding, *self.layers, self.head]  # forward order
+        self.grads = lay_out(self.units, self.streams, self.compute_dtype)
+        self.params = [p for unit in self.units for p in unit.owned]  # each tied weight once
+        if self.world > 1:
+            for unit in self.units:
+                dist.broadcast(unit.master, src=0, group=self.host_group)
+                unit.repack()
         o = config.optim
         self.optimizer = DeepSpeedCPUAdam(self.params, lr=o.lr, betas=(o.beta1, o.beta2),
                                           weight_decay=o.weight_decay, adamw_mode=True)
         self.adam = OverlappedAdam(self.optimizer, self.units)
-        slot_numel = max(unit.numel() for unit in self.units)
-        self.weights = WeightStream(self.streams, slot_numel, self.compute_dtype, self.adam)
-        self.gradients = GradientReturn(self.streams, slot_numel, self.compute_dtype)
+        layer_numel = max(unit.numel() for unit in self.layers)
+        self.weights = WeightStream(self.streams, layer_numel, self.compute_dtype, self.adam)
+        self.resident = ResidentWeights(self.streams, [self.embedding, self.head], self.compute_dtype, self.adam)
+        # The resident units' gradients, summed on the device over a step; a tied weight's views are one tensor.
+        self.resident_grads = {unit: torch.zeros(unit.numel(), dtype=torch.float32, device=device)
+                               for unit in (self.embedding, self.head)}
+        self._resident_grad = {id(p): view for unit, flat in self.resident_grads.items()
+                               for p, view in zip(unit.owned, unit.split(flat))}
+        self.gradients = GradientReturn(self.streams, layer_numel, max(unit.numel() for unit in self.units))
         # RoPE's inverse frequencies (a buffer, no weights) stay on the device for good.
         self.rotary = type(llama.rotary_emb)(config=model.config).to(device)
+        self.boundaries = Boundaries(self.streams, device_budget_bytes(self.streams))
+        self._compiled_layer = None
+        if switches.compile and self.streams.cuda:
+            # Every layer has the first one's structure, so one graph serves all of them, the layer's weights
+            # passed in (compiling each layer's own module would compile it once per layer). Never on the CPU.
+            template = self.layers[0].module
+            self._compiled_layer = torch.compile(functools.partial(_layer_forward, template))
         self.micro_steps = self.global_steps = 0
-        self._saved: _Saved | None = None
 
     # ------------------------------------------------------------ what the loop calls
 
@@ -166,57 +188,83 @@ class StreamEngine:
         self.training = False
         self._model.eval()
 
+    @torch.no_grad()
     def __call__(self, input_ids, labels=None, position_ids=None, attention_mask=None, use_cache=False):
-        training = self.training and torch.is_grad_enabled()
-        if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        hidden, saved, logits, loss = None, None, None, None
-        for unit, weights in self.weights.stream([self.embedding, *self.layers, self.head]):
-            if unit is self.head:
-                logits, loss = self._head(unit, weights, hidden, labels, saved if training else None)
-                continue
-            with torch.no_grad():
-                if unit is self.embedding:
-                    hidden = functional_call(unit.module, weights, (input_ids,))
-                    # Packed rows restart their position ids; transformers then builds a block-diagonal mask.
-                    mask = create_causal_mask(config=self._model.config, inputs_embeds=hidden,
-                                              attention_mask=attention_mask, past_key_values=None,
-                                              position_ids=position_ids)
-                    rope = self.rotary(hidden, position_ids=position_ids)
-                    saved = _Saved(input_ids, mask, rope, position_ids)
-                    continue
-                if training:
-                    saved.boundaries.append(hidden)
-                hidden = self._layer(unit, weights, hidden, saved)
-        self._saved = saved if training else None
+        """Logits and loss of one micro-batch, without gradients (evaluation): training goes through
+        `train_step`."""
+        batch = self._micro_batch(input_ids, labels, position_ids)
+        hidden = self._embed(batch, self.resident.get(self.embedding), attention_mask)
+        for unit, weights in self.weights.stream(self.layers):
+            hidden = self._run_layer(unit.module, weights, hidden, batch)
+        logits = functional_call(self.head.module, self.resident.get(self.head), (hidden,))
+        loss = None if labels is None else self._model.loss_function(
+            logits=logits, labels=labels, vocab_size=self._model.config.vocab_size)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backward of the last forward (`loss` is its output; the head's part is already done)."""
-        saved = self._saved
-        if saved is None:
-            raise RuntimeError("backward needs a training forward before it")
-        grad = saved.head_input_grad
-        for unit, weights in self.weights.stream([*reversed(self.layers), self.embedding]):
+    def train_step(self, micro_batches: list[dict]) -> torch.Tensor:
+        """Forward, backward and the optimizer step of one global batch, `accumulation` micro-batches here (each
+        a dict of the model's inputs, on the device); returns the sum of their mean losses, detached, 0-dim, on
+        the device. The optimizer step runs on in the background when it returns."""
+        if len(micro_batches) != self.accumulation:
+            raise ValueError(f"train_step takes the step's {self.accumulation} micro-batches, "
+                             f"not {len(micro_batches)}")
+        for flat in self.resident_grads.values():
+            flat.zero_()
+        self.boundaries.start_step()
+        batches = [self._micro_batch(b["input_ids"], b["labels"], b.get("position_ids")) for b in micro_batches]
+        embedding = self.resident.get(self.embedding)
+        with torch.no_grad():
+            hidden = [self._embed(batch, embedding, None) for batch in batches]
+            for i, (unit, weights) in enumerate(self.weights.stream(self.layers)):
+                for m, batch in enumerate(batches):
+                    self.boundaries.put((i, m), hidden[m])
+                    hidden[m] = self._run_layer(unit.module, weights, hidden[m], batch)
+        losses, grads_out = [], []  # grads_out[m]: the loss's gradient at micro-batch m's current boundary
+        for m, batch in enumerate(batches):
+            loss, grad = self._head_step(hidden[m], batch)
+            hidden[m] = None  # the last layer's output is not needed again
+            losses.append(loss)
+            grads_out.append(grad)
+        self._backward_layers(batches, grads_out)
+        self._backward_embedding(batches, grads_out)
+        self.gradients.flush()  # every gradient of the step is in host memory now
+        self._optimizer_step()
+        return torch.stack(losses).sum()
+
+    def _backward_layers(self, batches: list[_MicroBatch], grads_out: list[torch.Tensor]) -> None:
+        """Backward through the decoder layers, last first, each fetched once for all micro-batches."""
+        order = [(i, m) for i in reversed(range(len(self.layers))) for m in range(len(batches))]
+        self.boundaries.prefetch(order[0])
+        for unit, weights in self.weights.stream(list(reversed(self.layers))):
+            summed = self.gradients.accumulator(unit.numel())
+            summed_views = unit.split(summed)
+            for m, batch in enumerate(batches):
+                key = order.pop(0)
+                boundary = self.boundaries.take(key).requires_grad_(True)
+                if order:
+                    self.boundaries.prefetch(order[0])  # the next one's copy back overlaps this one's compute
+                leaves = {name: w.detach().requires_grad_(True) for name, w in weights.items()}
+                with torch.enable_grad():
+                    out = self._run_layer(unit.module, leaves, boundary, batch)
+                    grads_out[m], *grads = torch.autograd.grad(out, [boundary, *leaves.values()], grads_out[m])
+                for total, grad in zip(summed_views, grads):
+                    total.add_(grad)
+            self.gradients.send(summed, unit.grad)
+
+    def _backward_embedding(self, batches: list[_MicroBatch], grads_out: list[torch.Tensor]) -> None:
+        weights = self.resident.get(self.embedding)
+        for batch, grad_out in zip(batches, grads_out):
             leaves = {name: w.detach().requires_grad_(True) for name, w in weights.items()}
             with torch.enable_grad():
-                if unit is self.embedding:
-                    out = functional_call(unit.module, leaves, (saved.input_ids,))
-                    grads = torch.autograd.grad(out, list(leaves.values()), grad)
-                else:  # the layer's forward again, from its boundary activation
-                    boundary = saved.boundaries.pop().requires_grad_(True)
-                    out = self._layer(unit, leaves, boundary, saved)
-                    grad, *grads = torch.autograd.grad(out, [boundary, *leaves.values()], grad)
-            self.gradients.send([p for _, p in unit.params], grads)
-        self.gradients.flush()
-        self._saved = None
+                out = functional_call(self.embedding.module, leaves, (batch.input_ids,))
+                grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
+            self._add_resident_grads(self.embedding, grads)
+        for unit, flat in self.resident_grads.items():
+            self.gradients.send(flat, unit.grad)
 
-    def step(self) -> None:
-        """One micro-batch done; at the end of a global batch, average, clip and step (as DeepSpeed does),
-        the optimizer step starting on the background thread with the learning rate set now."""
-        self.micro_steps += 1
-        if self.micro_steps % self.accumulation:
-            return
+    def _optimizer_step(self) -> None:
+        """Average over workers, clip and step (as DeepSpeed does), the optimizer step starting on the
+        background thread with the learning rate set now."""
         if self.world > 1:
             dist.all_reduce(self.grads, group=self.host_group)
             self.grads.div_(self.world)
@@ -228,7 +276,10 @@ class StreamEngine:
             factor = (self.grads.norm().item() + 1e-6) / clip
             if factor > 1:
                 grad_divisor = factor
+        self.streams.settle_copies_in()  # the optimizer thread rewrites the packed buffers they read
         self.adam.start(grad_divisor)  # it zeroes each unit's gradients once the unit is updated
+        self.resident.mark_stale()
+        self.micro_steps += self.accumulation
         self.global_steps += 1
 
     # ------------------------------------------------------------ checkpoints
@@ -268,6 +319,7 @@ class StreamEngine:
             self._load_zero_moments(path)
         with torch.no_grad():
             self._model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=load_module_strict)
+        self._refresh_from_masters()
         client = {k: v for k, v in states.items() if k not in ("global_steps", "dp_world_size", "optimizer")}
         return str(path), client
 
@@ -334,29 +386,55 @@ class StreamEngine:
             self.optimizer.ds_opt_adam.adam_update(self.optimizer.opt_id, step, 0.0, beta1, beta2, group["eps"], 0.0,
                                                    group["bias_correction"], *dummy)
 
+    def _refresh_from_masters(self) -> None:
+        """After the masters were written from outside (a checkpoint loaded): their packed and device copies."""
+        for unit in self.units:
+            unit.repack()
+        self.resident.mark_stale()
+
     # ------------------------------------------------------------ pieces
 
-    def _head(self, unit: Unit, weights: dict, hidden: torch.Tensor, labels, saved: _Saved | None):
-        """Logits and loss; in training (`saved` given) the head's backward too, right away: the logits
-        (batch × sequence × vocabulary, the largest activation) are freed now, and backward starts from
-        the gradient at the head's input."""
-        if saved is None:
-            logits = functional_call(unit.module, weights, (hidden,))
-            return logits, (self._loss(logits, labels) if labels is not None else None)
+    def _micro_batch(self, input_ids, labels, position_ids) -> _MicroBatch:
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        return _MicroBatch(input_ids, labels, position_ids)
+
+    def _embed(self, batch: _MicroBatch, weights: dict, attention_mask) -> torch.Tensor:
+        hidden = functional_call(self.embedding.module, weights, (batch.input_ids,))
+        # Packed rows restart their position ids; transformers then builds a block-diagonal mask.
+        batch.mask = create_causal_mask(config=self._model.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                        cache=None, position_ids=batch.position_ids)
+        batch.position_embeddings = self.rotary(hidden, position_ids=batch.position_ids)
+        return hidden
+
+    def _head_step(self, hidden: torch.Tensor, batch: _MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One micro-batch's loss and the head's backward at once, so no logits outlive it (the loss kind may
+        never hold them whole). Returns the loss (detached) and its gradient at the head's input, scaled by
+        1 / accumulation as DeepSpeed scales each micro-batch's loss."""
+        weights = self.resident.get(self.head)
         with torch.enable_grad():
             head_input = hidden.detach().requires_grad_(True)
             leaves = {name: w.detach().requires_grad_(True) for name, w in weights.items()}
-            logits = functional_call(unit.module, leaves, (head_input,))
-            loss = self._loss(logits, labels)
-            saved.head_input_grad, *grads = torch.autograd.grad(loss / self.accumulation,
-                                                                [head_input, *leaves.values()])
-        self.gradients.send([p for _, p in unit.params], grads)
-        return logits.detach(), loss.detach()
+            normed = functional_call(self.head.module, leaves, (head_input,), {"project": False})
+            loss = linear_cross_entropy(normed, leaves["lm_head.weight"], batch.labels, kind=self.switches.loss,
+                                        chunk_tokens=self.switches.loss_chunk_tokens)
+            grad_in, *grads = torch.autograd.grad(loss / self.accumulation, [head_input, *leaves.values()])
+        self._add_resident_grads(self.head, grads)
+        return loss.detach(), grad_in
 
-    def _layer(self, unit: Unit, weights: dict, hidden: torch.Tensor, saved: _Saved) -> torch.Tensor:
-        return functional_call(unit.module, weights, (hidden,), {
-            "attention_mask": saved.mask, "position_embeddings": saved.position_embeddings,
-            "position_ids": saved.position_ids})
+    def _add_resident_grads(self, unit: Unit, grads) -> None:
+        for (_, param), grad in zip(unit.params, grads):
+            self._resident_grad[id(param)].add_(grad)  # a tied weight sums both of its uses
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self._model.loss_function(logits=logits, labels=labels, vocab_size=self._model.config.vocab_size)
+    def _run_layer(self, module: nn.Module, weights: dict, hidden: torch.Tensor, batch: _MicroBatch) -> torch.Tensor:
+        """One decoder layer's forward with these weights (compiled where `loop.compile` is on, on CUDA)."""
+        inputs = (weights, hidden, batch.mask, batch.position_embeddings, batch.position_ids)
+        if self._compiled_layer is not None:
+            return self._compiled_layer(*inputs)
+        return _layer_forward(module, *inputs)
+
+
+def _layer_forward(module: nn.Module, weights: dict, hidden: torch.Tensor, mask, position_embeddings: tuple,
+                   position_ids: torch.Tensor) -> torch.Tensor:
+    return functional_call(module, weights, (hidden,), {
+        "attention_mask": mask, "position_embeddings": position_embeddings, "position_ids": position_ids})

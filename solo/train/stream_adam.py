@@ -28,7 +28,8 @@ class AdamSettings:
 class OverlappedAdam:
     """DeepSpeed's CPU Adam (AdamW) stepping the host master weights a unit at a time, in forward order,
     on one background thread, so the next step's forward can compute its first units while the last ones
-    still update (`WeightStream` waits for a unit's update before fetching it).
+    still update (`WeightStream` waits for a unit's update before fetching it). Right after a unit's update
+    the thread refreshes its packed compute-dtype copy (`Unit.repack`), which is what the device receives.
 
     Each parameter gets what DeepSpeedCPUAdam.step() gives it (the same `adam_update` kernel, state and
     step count), so the weights are bit for bit those of one `step()` over the whole model, and the
@@ -46,13 +47,10 @@ class OverlappedAdam:
 
     def __init__(self, optimizer, units: list[Unit]):
         self.optimizer = optimizer
+        self.units = units
         self.position = {id(unit): k for k, unit in enumerate(units)}
-        self.owned: list[list[nn.Parameter]] = []
-        seen: set[int] = set()
-        for unit in units:
-            self.owned.append([p for _, p in unit.params if id(p) not in seen])
-            seen.update(id(p) for p in self.owned[-1])
-        if seen != {id(p) for p in optimizer.param_groups[0]["params"]}:
+        self.owned: list[list[nn.Parameter]] = [unit.owned for unit in units]  # laid out by stream_transfers.lay_out
+        if {id(p) for owned in self.owned for p in owned} != {id(p) for p in optimizer.param_groups[0]["params"]}:
             raise RuntimeError("the streamed units must hold exactly the parameters the optimizer steps")
         self.pending: list[Future] = []  # one per unit, in forward order, while a step is in flight
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="solo-stream-adam")
@@ -110,3 +108,4 @@ class OverlappedAdam:
                     adam.opt_id, state["step"], settings.lr, *settings.betas, settings.eps, settings.weight_decay,
                     settings.bias_correction, *(t[start:start + self.CHUNK] for t in flat))
             param.grad.zero_()
+        self.units[k].repack()  # its compute-dtype copy, which the next step's forward fetches

@@ -133,8 +133,10 @@ def test_pretrain_killed_mid_checkpoint_under_the_launcher(tiny_tokens, tmp_path
 
 def test_finetune_worker_killed_mid_checkpoint_is_restarted_by_the_driver(tiny_model_dir, tmp_path):
     """Under Ray, a worker killed (as an out-of-memory kill would) while it writes the second checkpoint, with
-    ZeRO-3 and CPU offload: the driver starts the group again from the first, which was committed."""
-    args = ["--run", "f", "--model", str(tiny_model_dir), "--set", "max_steps=3", "--set", "checkpoint_every=1",
+    ZeRO-3 and CPU offload: the driver starts the group again from the first, which was committed. Its optimizer
+    runs on the host, so the one worker is given the machine's cores, and its CPU Adam computes on all of them."""
+    args = ["--run", "f", "--model", str(tiny_model_dir), "--set", "workers=1", "--set", "max_steps=3",
+            "--set", "checkpoint_every=1",
             "--set", "log_every=1", "--set", "eval_every=3", "--set", "max_examples=60", "--set", "seq_len=64",
             "--set", "micro_batch=2", "--set", "global_batch=4", "--set", "strategy.zero_stage=3",
             "--set", "strategy.offload_optimizer=cpu", "--set", "strategy.offload_params=cpu"]
@@ -147,6 +149,9 @@ def test_finetune_worker_killed_mid_checkpoint_is_restarted_by_the_driver(tiny_m
     logged = losses(stage / "metrics.csv")
     assert [step for step, _ in logged] == [1, 2, 2, 3]
     assert logged[1] == logged[2], "step 2 trained again gives the very loss it gave before the kill"
+    cores = os.cpu_count()
+    assert f"{cores} optimizer threads" in out
+    assert json.loads((stage / "manifest.json").read_text())["metrics"]["optimizer_threads"] == cores
 
 
 def test_evaluate_killed_just_after_committing_a_task(tiny_model_dir, tmp_path):
