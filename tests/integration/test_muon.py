@@ -1,5 +1,6 @@
-"""Muon (`optim.name: muon`) under Ray Train with two CPU workers, at ZeRO-0 and at ZeRO-2: it trains, and
-its state (Muon's momentum, AdamW's moments for the rest) checkpoints and resumes exactly."""
+"""Muon (`optim.name: muon`) under Ray Train with two CPU workers at ZeRO-2, where DeepSpeed shards its state: it
+trains, and its state (Muon's momentum, AdamW's moments for the rest) checkpoints and resumes exactly. (ZeRO-0,
+the default recipe's plan on the CPU, trains in the e2e demo; one Ray run less keeps CI within its minutes.)"""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def logged(metrics_csv: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
+@pytest.mark.parametrize("zero_stage", [2])
 def test_muon_trains_on_two_workers_and_resumes_its_state_exactly(zero_stage, tiny_tokens, tmp_path):
     """Checkpoints at steps 2 and 4; a worker is killed as step 4's is written, so the driver restarts the
     group from step 2's. Step 3 trained again gives the same loss (the weights came back); step 4 too, which
